@@ -1,0 +1,87 @@
+# Every task of the project. `make serve` and `make test` bootstrap a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := $(CURDIR)/.tools/bin
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+GO_MODULES := generated/go clients/go
+
+.PHONY: help deps generate check-generated lint types test test-python test-ts test-go serve bench clean
+
+help:
+	@echo "make serve            start the server on SQLite (./reckon.db, 127.0.0.1:50051)"
+	@echo "make test             every check and test: generated code, lint, types, Python, TS, Go"
+	@echo "make generate         regenerate generated/{python,ts,go} from proto/"
+	@echo "make lint | types     ruff + buf lint/format/breaking | mypy strict, tsc, go vet"
+	@echo "make bench            benchmarks (print figures)"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc &:
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO)
+	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO_GRPC)
+
+deps: $(BIN)/.installed node_modules/.installed $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+
+generate: deps
+	rm -rf generated/python/reckon generated/ts generated/go/reckon
+	$(BIN)/buf generate
+
+check-generated: generate
+	@if ! git diff --quiet -- generated || [ -n "$$(git ls-files --others --exclude-standard generated)" ]; then \
+	  git status --short -- generated; \
+	  echo "generated/ is out of date with proto/: run 'make generate' and commit the result"; \
+	  exit 1; \
+	fi
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	$(BIN)/buf format --exit-code > /dev/null
+	@if git rev-parse --verify --quiet HEAD~1 > /dev/null && git cat-file -e HEAD~1:buf.yaml 2> /dev/null; then \
+	  $(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
+	else \
+	  echo "buf breaking: no earlier commit with buf.yaml to compare against"; \
+	fi
+
+types: deps
+	$(BIN)/mypy server clients/python
+	npx tsc -p clients/ts --noEmit
+	for m in $(GO_MODULES); do (cd $$m && go vet ./...); done
+
+test-python: deps
+	$(BIN)/pytest
+
+# The TS and Go suites run against a live server from tests/cross (part of test-python);
+# here they are only built and checked.
+test-ts: deps
+	npx tsc -p clients/ts --noEmit
+
+test-go: deps
+	for m in $(GO_MODULES); do (cd $$m && go build ./... && go vet ./...); done
+
+test: check-generated lint types test-python test-ts test-go
+
+serve: deps
+	$(BIN)/reckon serve
+
+bench: deps
+	$(BIN)/python -m tests.perf.run
+
+clean:
+	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache

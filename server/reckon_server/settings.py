@@ -1,0 +1,74 @@
+"""Server settings: one frozen dataclass, defaults here, overridden by RECKON_* and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told. Each field maps to env var `RECKON_<FIELD>`."""
+
+    listen: str = "127.0.0.1:50051"
+    """host:port to listen on; port 0 picks a free port (reported by `create_server`)."""
+
+    database_url: str = "sqlite+aiosqlite:///reckon.db"
+    """SQLAlchemy URL: `sqlite+aiosqlite:///path` (default) or `postgresql+asyncpg://...`."""
+
+    admin_key: str | None = None
+    """An admin API key to provision at start (deployments and tests); never logged."""
+
+    org: str = "default"
+    """The org that a provisioned or first-start admin key belongs to."""
+
+    policy_file: Path | None = None
+    """Policy file (TOML) for AuditService.Execute; none means every action is POLICY_NOT_FOUND."""
+
+    grace_seconds: float = 10.0
+    """How long in-flight calls may finish after SIGTERM before they are cancelled."""
+
+    max_request_seconds: float = 30.0
+    """Upper bound on one unary call's handling time, below any longer client deadline."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest request or response message accepted."""
+
+    keepalive_seconds: float = 30.0
+    """Interval of server keepalive pings on idle connections."""
+
+    db_pool_size: int = 8
+    """Connections held by the PostgreSQL pool (SQLite uses one writer connection)."""
+
+    def with_overrides(self, values: Mapping[str, Any]) -> Settings:
+        """A copy with the given non-None values replaced (CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by every `RECKON_<FIELD>` present in the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"RECKON_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        return cls(**values)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name == "float":
+            return float(raw)
+        if type_name == "int":
+            return int(raw)
+        if "Path" in type_name:
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"RECKON_{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw

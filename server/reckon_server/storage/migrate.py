@@ -1,0 +1,53 @@
+"""Schema migrations, applied at server start and by `reckon db upgrade`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from reckon_server.storage.database import Database
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+# Arbitrary constant: replicas starting together take turns migrating a PostgreSQL database.
+_PG_MIGRATION_LOCK = 0x7265636B6F6E
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def upgrade(database: Database) -> str:
+    """Bring the schema to the newest revision; returns that revision."""
+    async with database.engine.begin() as conn:
+        if not database.is_sqlite:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+            )
+        await conn.run_sync(_upgrade)
+    return head_revision()
+
+
+async def current_revision(database: Database) -> str | None:
+    async with database.read() as conn:
+        return await conn.run_sync(
+            lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
+        )
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    config = _config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,41 @@
+"""Column types shared by every table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+
+class UtcTimestamp(sa.TypeDecorator[datetime]):
+    """An aware UTC datetime stored as integer microseconds since the epoch.
+
+    Integers order and compare identically on SQLite and PostgreSQL and never lose precision,
+    unlike SQLite's text datetimes.
+    """
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> int | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+    def process_result_value(self, value: int | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromtimestamp(value // 1_000_000, UTC).replace(
+            microsecond=value % 1_000_000
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+JsonDocument: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+"""Free-form JSON: JSONB on PostgreSQL, JSON text on SQLite."""

@@ -1,0 +1,169 @@
+"""The edge every reckon.v1 call passes through.
+
+It wraps each method handler so that, in the handler's own task: undecodable request bytes
+become INVALID_BODY (grpc would answer INTERNAL), the bearer key is authenticated and the
+principal set for the servicer, unary calls run under a time bound, and every ReckonError is
+turned into its status by `status.to_grpc_status`. Anything else is logged under an incident id
+and answered INTERNAL without detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from reckon_server.domain.principals import Principal
+from reckon_server.errors import Reason, ReckonError
+from reckon_server.transport import context as call_context
+from reckon_server.transport.status import to_grpc_status
+
+log = logging.getLogger(__name__)
+
+Authenticator = Callable[[str], Awaitable[Principal | None]]
+_PACKAGE_PREFIX = "/reckon.v1."
+
+
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data) if deserializer else data
+        except Exception:
+            return _Undecodable()
+
+    return parse
+
+
+def _check_decoded(message: Any) -> None:
+    if isinstance(message, _Undecodable):
+        raise ReckonError(
+            Reason.INVALID_BODY,
+            "request bytes are not a valid protobuf message of this RPC",
+            {"detail": "undecodable request"},
+        )
+
+
+class EdgeInterceptor(aio.ServerInterceptor):
+    def __init__(self, authenticate: Authenticator, *, max_request_seconds: float) -> None:
+        self._authenticate = authenticate
+        self._max_request_seconds = max_request_seconds
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(_PACKAGE_PREFIX):
+            return handler
+        return self._wrap(handler, method)
+
+    def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        deserializer = _tolerant(handler.request_deserializer)
+        serializer = handler.response_serializer
+        wrapped: grpc.RpcMethodHandler[Any, Any]
+        if handler.unary_unary:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method), deserializer, serializer
+            )
+        elif handler.unary_stream:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method, request_streaming=False),
+                deserializer,
+                serializer,
+            )
+        elif handler.stream_stream:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                self._streaming(handler.stream_stream, method, request_streaming=True),
+                deserializer,
+                serializer,
+            )
+        else:
+            raise TypeError(f"{method}: client-streaming handlers are not used by reckon.v1")
+        return wrapped
+
+    async def _enter(self, context: aio.ServicerContext[Any, Any]) -> None:
+        header = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                header = value
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ReckonError(
+                Reason.UNAUTHENTICATED, "missing 'authorization: Bearer <api key>' metadata"
+            )
+        principal = await self._authenticate(secret.strip())
+        if principal is None:
+            raise ReckonError(Reason.UNAUTHENTICATED, "unknown or revoked API key")
+        call_context._principal.set(principal)
+
+    def _unary(self, behavior: Any, method: str) -> Any:
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                await self._enter(context)
+                _check_decoded(request)
+                remaining = context.time_remaining()
+                budget = self._max_request_seconds
+                if remaining is not None:
+                    budget = min(budget, remaining)
+                async with asyncio.timeout(budget):
+                    return await behavior(request, context)
+            except Exception as err:
+                await _abort(context, method, err)
+
+        return handle
+
+    def _streaming(self, behavior: Any, method: str, *, request_streaming: bool) -> Any:
+        async def handle(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                await self._enter(context)
+                if request_streaming:
+                    request = _checked_stream(request)
+                else:
+                    _check_decoded(request)
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as err:
+                await _abort(context, method, err)
+
+        return handle
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in requests:
+        _check_decoded(message)
+        yield message
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], method: str, err: Exception) -> None:
+    if isinstance(err, aio.AbortError):
+        raise err
+    if isinstance(err, ReckonError):
+        await context.abort_with_status(to_grpc_status(err))
+    if isinstance(err, TimeoutError):
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} took too long")
+    if isinstance(err, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+    incident = uuid.uuid4().hex
+    log.exception("internal error in %s (incident %s)", method, incident)
+    await context.abort_with_status(
+        to_grpc_status(
+            ReckonError(
+                Reason.INTERNAL, f"internal error (incident {incident})", {"incident_id": incident}
+            )
+        )
+    )

@@ -1,0 +1,109 @@
+"""A running server on port 0 and stubs to call it, for API tests."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+from reckon.v1 import (
+    admin_service_pb2_grpc,
+    audit_service_pb2_grpc,
+    delivery_service_pb2_grpc,
+    governance_service_pb2_grpc,
+)
+from reckon_server.settings import Settings
+from reckon_server.transport.server import ReckonServer, create_server
+
+
+def new_secret() -> str:
+    return "rk_" + secrets.token_urlsafe(32)
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@dataclass
+class Stubs:
+    audit: audit_service_pb2_grpc.AuditServiceStub
+    admin: admin_service_pb2_grpc.AdminServiceStub
+    governance: governance_service_pb2_grpc.GovernanceServiceStub
+    delivery: delivery_service_pb2_grpc.DeliveryServiceStub
+
+    @classmethod
+    def on(cls, channel: aio.Channel) -> Stubs:
+        return cls(
+            audit_service_pb2_grpc.AuditServiceStub(channel),
+            admin_service_pb2_grpc.AdminServiceStub(channel),
+            governance_service_pb2_grpc.GovernanceServiceStub(channel),
+            delivery_service_pb2_grpc.DeliveryServiceStub(channel),
+        )
+
+
+@dataclass
+class RunningServer:
+    server: ReckonServer
+    port: int
+    admin_key: str
+    database_url: str
+    channel: aio.Channel
+    stubs: Stubs
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    async def start(cls, database_url: str, **overrides: object) -> RunningServer:
+        admin_key = new_secret()
+        settings = Settings(
+            listen="127.0.0.1:0", database_url=database_url, admin_key=admin_key, grace_seconds=1
+        ).with_overrides(overrides)
+        server, port = await create_server(settings)
+        await server.start()
+        channel = aio.insecure_channel(f"127.0.0.1:{port}")
+        return cls(server, port, admin_key, database_url, channel, Stubs.on(channel))
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.server.stop(None)
+
+
+@dataclass(frozen=True)
+class DecodedError:
+    code: grpc.StatusCode
+    reason: str
+    metadata: dict[str, str]
+    violations: Sequence[tuple[str, str]]
+    details: tuple[str, ...]
+    """Type names of every detail message, e.g. ('google.rpc.ErrorInfo', ...)."""
+
+
+def decode(err: aio.AioRpcError) -> DecodedError:
+    """The status details of a failed call; fails the test if ErrorInfo is missing."""
+    status = rpc_status.from_call(err)
+    assert status is not None, f"no rich status on {err.code()}: {err.details()}"
+    reason, metadata, violations = "", {}, []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "reckon"
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    assert reason, "ErrorInfo missing from status details"
+    return DecodedError(
+        err.code(),
+        reason,
+        metadata,
+        violations,
+        tuple(d.type_url.rsplit("/", 1)[-1] for d in status.details),
+    )

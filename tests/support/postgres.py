@@ -1,0 +1,134 @@
+"""A throwaway PostgreSQL server for tests and benchmarks.
+
+`RECKON_TEST_POSTGRES_URL` (an asyncpg URL to a server where we may create databases) wins;
+otherwise a private cluster is initialised in a temporary directory and started on a free
+port. When neither is possible this raises: a PostgreSQL tier is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+
+@dataclass
+class PostgresServer:
+    admin_url: str
+    """asyncpg DSN to the `postgres` database, for creating test databases."""
+    _data_dir: Path | None = None
+    _bin_dir: Path | None = None
+    _run_as: str | None = None
+
+    def sqlalchemy_url(self, database: str) -> str:
+        base = self.admin_url.rsplit("/", 1)[0]
+        return base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{database}"
+
+    async def create_database(self) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        name = "t_" + uuid.uuid4().hex[:16]
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.sqlalchemy_url(name)
+
+    def stop(self) -> None:
+        if self._data_dir is None or self._bin_dir is None:
+            return
+        _run(
+            [str(self._bin_dir / "pg_ctl"), "-D", str(self._data_dir), "-m", "immediate", "stop"],
+            self._run_as,
+        )
+        shutil.rmtree(self._data_dir.parent, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    external = os.environ.get("RECKON_TEST_POSTGRES_URL")
+    if external:
+        return PostgresServer(external.replace("postgresql+asyncpg://", "postgresql://", 1))
+    bin_dir = _find_bin_dir()
+    run_as = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="reckon-pg-"))
+    data_dir, socket_dir = root / "data", root / "sock"
+    socket_dir.mkdir()
+    if run_as:
+        entry = pwd.getpwnam(run_as)
+        for path in (root, socket_dir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    _run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ],
+        run_as,
+    )
+    port = _free_port()
+    options = (
+        f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=300 "
+        # Tests need isolation, not crash safety.
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    _run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data_dir),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(root / "server.log"),
+            "start",
+        ],
+        run_as,
+    )
+    return PostgresServer(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, bin_dir, run_as
+    )
+
+
+def _find_bin_dir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    if candidates:
+        return Path(candidates[0]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError(
+        "PostgreSQL server binaries not found: install the postgresql package "
+        "(apt-get install postgresql) or set RECKON_TEST_POSTGRES_URL"
+    )
+
+
+def _run(command: list[str], run_as: str | None) -> None:
+    if run_as:
+        command = ["runuser", "-u", run_as, "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {result.stdout}\n{result.stderr}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
