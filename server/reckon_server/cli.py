@@ -87,6 +87,7 @@ async def _serve(_args: argparse.Namespace, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.policies.reload)
     await stopping.wait()
     log.info("draining for up to %.0fs", settings.grace_seconds)
     await server.stop(settings.grace_seconds)

@@ -41,6 +41,10 @@ class Settings:
     keepalive_seconds: float = 30.0
     """Interval of server keepalive pings on idle connections."""
 
+    auth_cache_seconds: float = 2.0
+    """How long an authenticated key is trusted without a lookup. Revocations through the API
+    take effect at once on every replica; this bounds only out-of-band revocations."""
+
     db_pool_size: int = 8
     """Connections held by the PostgreSQL pool (SQLite uses one writer connection)."""
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from reckon.v1 import admin_service_pb2
+
 from tests.support.api import Stubs, bearer
 
 RECKON = [sys.executable, "-m", "reckon_server.cli"]
@@ -69,12 +69,10 @@ async def test_first_serve_prints_an_admin_key_once_and_sigterm_drains(tmp_path:
     process = await serve()
     try:
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                await Stubs.on(channel).admin.ListAgents(
-                    admin_service_pb2.ListAgentsRequest(), metadata=bearer(keys[0])
-                )
-            except aio.AioRpcError as err:  # the RPC body may not exist yet; auth passed
-                assert err.code().name != "UNAUTHENTICATED", err
+            listed = await Stubs.on(channel).admin.ListAgents(
+                admin_service_pb2.ListAgentsRequest(), metadata=bearer(keys[0])
+            )
+            assert [a.name for a in listed.agents] == ["admin"]
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0

@@ -17,6 +17,7 @@ from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, bearer, decode, new_secret
 
 REPORT = "/reckon.v1.AuditService/Report"
+EXECUTE = audit_service_pb2.ExecuteRequest(action_type="tool.read")
 VALID_REPORT = audit_service_pb2.ReportRequest(audit_event_id="x").SerializeToString()
 
 
@@ -77,22 +78,25 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
     assert error.metadata["recovery"] == "correctable"
 
 
-async def test_a_revoked_key_is_unauthenticated_on_its_next_call(api: RunningServer) -> None:
-    database = Database(api.database_url)
+async def test_a_key_revoked_out_of_band_stops_working_within_the_cache_ttl(
+    database_url: str,
+) -> None:
+    running = await RunningServer.start(database_url, auth_cache_seconds=0.3)
+    database = Database(database_url)
     try:
         async with database.write() as conn:
             org_id = await principal_store.ensure_org(conn, "default")
             agent = await principal_store.ensure_principal(conn, org_id, "bot", Role.AGENT)
             key = await principal_store.add_key(conn, agent)
-        # Authenticated: gets past the edge to the (still unimplemented) handler.
-        before = await _raw_call(api, VALID_REPORT, bearer(key.secret))
-        assert before.code() is not grpc.StatusCode.UNAUTHENTICATED
-        async with database.write() as conn:
+        await running.stubs.audit.Execute(EXECUTE, metadata=bearer(key.secret))
+        async with database.write() as conn:  # as `reckon keys revoke` does
             assert await principal_store.revoke_key(conn, org_id, key.key_id) is not None
+        await asyncio.sleep(0.4)
+        error = decode(await _raw_call(running, VALID_REPORT, bearer(key.secret)))
+        assert error.code is grpc.StatusCode.UNAUTHENTICATED
     finally:
         await database.dispose()
-    error = decode(await _raw_call(api, VALID_REPORT, bearer(key.secret)))
-    assert error.code is grpc.StatusCode.UNAUTHENTICATED
+        await running.close()
 
 
 @pytest.mark.parametrize(

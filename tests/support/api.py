@@ -5,19 +5,26 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
 from reckon.v1 import (
+    admin_service_pb2,
     admin_service_pb2_grpc,
     audit_service_pb2_grpc,
     delivery_service_pb2_grpc,
     governance_service_pb2_grpc,
 )
+from reckon_server.domain.principals import Role
 from reckon_server.settings import Settings
+from reckon_server.storage import principals as principal_store
+from reckon_server.storage.database import Database
 from reckon_server.transport.server import ReckonServer, create_server
+
+TEST_POLICY = Path(__file__).with_name("policy.toml")
 
 
 def new_secret() -> str:
@@ -60,14 +67,36 @@ class RunningServer:
 
     @classmethod
     async def start(cls, database_url: str, **overrides: object) -> RunningServer:
-        admin_key = new_secret()
+        admin_key = str(overrides.pop("admin_key", None) or new_secret())
         settings = Settings(
-            listen="127.0.0.1:0", database_url=database_url, admin_key=admin_key, grace_seconds=1
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            admin_key=admin_key,
+            grace_seconds=1,
+            policy_file=TEST_POLICY,
         ).with_overrides(overrides)
         server, port = await create_server(settings)
         await server.start()
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         return cls(server, port, admin_key, database_url, channel, Stubs.on(channel))
+
+    async def register(self, name: str) -> str:
+        """A new agent key of the default org, through AdminService."""
+        response = await self.stubs.admin.RegisterAgent(
+            admin_service_pb2.RegisterAgentRequest(name=name), metadata=bearer(self.admin_key)
+        )
+        return response.api_key
+
+    async def foreign_key(self, org: str, name: str, role: Role = Role.AGENT) -> str:
+        """A key of a principal in another org (orgs are created by operators, not RPCs)."""
+        database = Database(self.database_url)
+        try:
+            async with database.write() as conn:
+                org_id = await principal_store.ensure_org(conn, org)
+                principal = await principal_store.ensure_principal(conn, org_id, name, role)
+                return (await principal_store.add_key(conn, principal)).secret
+        finally:
+            await database.dispose()
 
     async def close(self) -> None:
         await self.channel.close()

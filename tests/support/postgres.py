@@ -28,6 +28,8 @@ class PostgresServer:
     _data_dir: Path | None = None
     _bin_dir: Path | None = None
     _run_as: str | None = None
+    _options: str = ""
+    _options: str = ""
 
     def sqlalchemy_url(self, database: str) -> str:
         base = self.admin_url.rsplit("/", 1)[0]
@@ -43,19 +45,46 @@ class PostgresServer:
             await conn.close()
         return self.sqlalchemy_url(name)
 
-    def stop(self) -> None:
-        if self._data_dir is None or self._bin_dir is None:
-            return
+    def stop_server(self) -> None:
+        """Stop the server, keeping its data (outage tests start it again)."""
+        assert self._data_dir is not None, "not a private server"
+        assert self._bin_dir is not None
         _run(
             [str(self._bin_dir / "pg_ctl"), "-D", str(self._data_dir), "-m", "immediate", "stop"],
             self._run_as,
         )
+
+    def start_server(self) -> None:
+        assert self._data_dir is not None, "not a private server"
+        assert self._bin_dir is not None
+        _run(
+            [
+                str(self._bin_dir / "pg_ctl"),
+                "-D",
+                str(self._data_dir),
+                "-o",
+                self._options,
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self._data_dir.parent / "server.log"),
+                "start",
+            ],
+            self._run_as,
+        )
+
+    def stop(self) -> None:
+        if self._data_dir is None or self._bin_dir is None:
+            return
+        self.stop_server()
         shutil.rmtree(self._data_dir.parent, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(*, private: bool = False) -> PostgresServer:
+    """The test PostgreSQL; `private` always starts a new cluster this caller may stop."""
     external = os.environ.get("RECKON_TEST_POSTGRES_URL")
-    if external:
+    if external and not private:
         return PostgresServer(external.replace("postgresql+asyncpg://", "postgresql://", 1))
     bin_dir = _find_bin_dir()
     run_as = "postgres" if os.geteuid() == 0 else None
@@ -80,31 +109,18 @@ def start_postgres() -> PostgresServer:
         ],
         run_as,
     )
-    port = _free_port()
-    options = (
-        f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=300 "
-        # Tests need isolation, not crash safety.
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    options = f"-p {_free_port()} -k {socket_dir} -c listen_addresses=127.0.0.1 "
+    options += "-c max_connections=300"
+    if not private:
+        # The shared server needs isolation, not crash safety; a private one is stopped
+        # abruptly by outage tests and must keep what it acknowledged.
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    port = int(options.split()[1])
+    server = PostgresServer(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, bin_dir, run_as, options
     )
-    _run(
-        [
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data_dir),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(root / "server.log"),
-            "start",
-        ],
-        run_as,
-    )
-    return PostgresServer(
-        f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, bin_dir, run_as
-    )
+    server.start_server()
+    return server
 
 
 def _find_bin_dir() -> Path:

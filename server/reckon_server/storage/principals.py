@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,20 +32,24 @@ class PrincipalRecord:
     keys: tuple[KeyRecord, ...]
 
 
-async def authenticate(conn: AsyncConnection, secret: str) -> Principal | None:
-    """The principal holding this unrevoked key, or None."""
+async def authenticate(conn: AsyncConnection, key_hash: str) -> tuple[Principal, str] | None:
+    """The principal holding the unrevoked key with this hash, and the key's id; or None."""
     row = (
         await conn.execute(
             sa.select(
-                principals.c.org_id, principals.c.principal_id, principals.c.name, principals.c.role
+                principals.c.org_id,
+                principals.c.principal_id,
+                principals.c.name,
+                principals.c.role,
+                api_keys.c.key_id,
             )
             .join(api_keys, api_keys.c.principal_id == principals.c.principal_id)
-            .where(api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None))
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
         )
     ).first()
     if row is None:
         return None
-    return Principal(row.org_id, row.principal_id, row.name, Role(row.role))
+    return Principal(row.org_id, row.principal_id, row.name, Role(row.role)), row.key_id
 
 
 async def ensure_org(conn: AsyncConnection, name: str) -> str:
@@ -123,6 +129,15 @@ async def revoke_key(conn: AsyncConnection, org_id: str, key_id: str) -> KeyReco
     return KeyRecord(row.key_id, row.prefix, row.created_at, row.revoked_at)
 
 
+async def get_principal_record(conn: AsyncConnection, principal: Principal) -> PrincipalRecord:
+    rows = (
+        await conn.execute(
+            sa.select(principals).where(principals.c.principal_id == principal.principal_id)
+        )
+    ).all()
+    return (await _with_keys(conn, rows))[0]
+
+
 async def list_principals(
     conn: AsyncConnection, org_id: str, *, after_name: str, limit: int
 ) -> list[PrincipalRecord]:
@@ -134,6 +149,10 @@ async def list_principals(
             .limit(limit)
         )
     ).all()
+    return await _with_keys(conn, rows)
+
+
+async def _with_keys(conn: AsyncConnection, rows: Sequence[sa.Row[Any]]) -> list[PrincipalRecord]:
     ids = [r.principal_id for r in rows]
     keys: dict[str, list[KeyRecord]] = {i: [] for i in ids}
     if ids:

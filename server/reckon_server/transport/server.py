@@ -19,12 +19,20 @@ from reckon.v1 import (
     governance_service_pb2_grpc,
 )
 
-from reckon_server.domain.principals import Principal, Role
+from reckon_server.domain.principals import Role
+from reckon_server.services.audit import AuditLedger
+from reckon_server.services.keys import Authenticator
+from reckon_server.services.notify import Notifier
+from reckon_server.services.policies import PolicyStore
 from reckon_server.settings import Settings
 from reckon_server.storage import migrate
 from reckon_server.storage import principals as principal_store
+from reckon_server.storage.bus import ChangeBus
 from reckon_server.storage.database import Database
+from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.transport.edge import EdgeInterceptor
+from reckon_server.transport.servicers.admin import AdminServicer
+from reckon_server.transport.servicers.audit import AuditServicer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,9 @@ class ReckonServer:
     grpc_server: aio.Server
     database: Database
     health: health.aio.HealthServicer
+    committer: GroupCommitter
+    bus: ChangeBus
+    policies: PolicyStore
     bootstrap_admin_key: str | None = None
     """An admin key minted because the database had no principal; show it once, then forget."""
     _stopped: bool = field(default=False, init=False)
@@ -57,6 +68,8 @@ class ReckonServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        await self.committer.close()
+        await self.bus.close()
         await self.database.dispose()
 
     async def wait_for_termination(self) -> None:
@@ -68,15 +81,18 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     `settings.listen`. Returns it with the bound port (useful with port 0)."""
     database = Database(settings.database_url, pool_size=settings.db_pool_size)
     try:
+        policies = PolicyStore(settings.policy_file)
         await migrate.upgrade(database)
         bootstrap_key = await _bootstrap_keys(database, settings)
     except BaseException:
         await database.dispose()
         raise
-
-    async def authenticate(secret: str) -> Principal | None:
-        async with database.read() as conn:
-            return await principal_store.authenticate(conn, secret)
+    committer = GroupCommitter(database)
+    bus = ChangeBus(database)
+    await bus.start()
+    notifier = Notifier(bus)
+    authenticate = Authenticator(database, notifier, ttl=settings.auth_cache_seconds)
+    audit = AuditLedger(database, committer, policies, notifier)
 
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     server = aio.server(
@@ -93,7 +109,20 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
             ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
         ],
     )
-    _add_services(server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(database, audit, authenticate), server
+    )
+    # Governance and delivery behaviour land with their own modules; until then the generated
+    # base servicers answer UNIMPLEMENTED through the edge.
+    governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        governance_service_pb2_grpc.GovernanceServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
+    delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
+        delivery_service_pb2_grpc.DeliveryServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -107,28 +136,16 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     if port == 0:
         await database.dispose()
         raise OSError(f"could not bind {settings.listen}")
-    return ReckonServer(server, database, health_servicer, bootstrap_key), port
-
-
-def _add_services(server: aio.Server) -> None:
-    # Behaviour of each service lands with its own module; until then the generated base
-    # servicers answer UNIMPLEMENTED through the edge.
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        audit_service_pb2_grpc.AuditServiceServicer(),  # type: ignore[abstract]
-        server,
+    reckon = ReckonServer(
+        grpc_server=server,
+        database=database,
+        health=health_servicer,
+        committer=committer,
+        bus=bus,
+        policies=policies,
+        bootstrap_admin_key=bootstrap_key,
     )
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        admin_service_pb2_grpc.AdminServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
-    governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        governance_service_pb2_grpc.GovernanceServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
-    delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
-        delivery_service_pb2_grpc.DeliveryServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
+    return reckon, port
 
 
 async def _bootstrap_keys(database: Database, settings: Settings) -> str | None:

@@ -1,0 +1,51 @@
+"""Authentication with a principal cache.
+
+Every call is authenticated, so the key lookup is cached. A revocation evicts the key at once
+on every replica (the change bus carries it); `ttl` bounds how long a key revoked outside the
+server (the `reckon keys revoke` command on SQLite) keeps working here.
+"""
+
+from __future__ import annotations
+
+import time
+
+from reckon_server.domain.principals import Principal, hash_key
+from reckon_server.services.notify import Notifier
+from reckon_server.storage import principals as store
+from reckon_server.storage.database import Database
+
+KEY_REVOKED = "key_revoked"
+
+
+class Authenticator:
+    def __init__(self, database: Database, notifier: Notifier, *, ttl: float) -> None:
+        self._db = database
+        self._notifier = notifier
+        self._ttl = ttl
+        self._cache: dict[str, tuple[Principal, str, float]] = {}
+        notifier.subscribe(self._on_change)
+
+    async def __call__(self, secret: str) -> Principal | None:
+        key_hash = hash_key(secret)
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[2] > time.monotonic():
+            return cached[0]
+        async with self._db.read() as conn:
+            found = await store.authenticate(conn, key_hash)
+        if found is None:
+            self._cache.pop(key_hash, None)
+            return None
+        principal, key_id = found
+        self._cache[key_hash] = (principal, key_id, time.monotonic() + self._ttl)
+        return principal
+
+    async def revoked(self, key_id: str) -> None:
+        await self._notifier.publish(KEY_REVOKED, key_id)
+
+    def _on_change(self, topic: str, payload: str) -> None:
+        if topic == "*":
+            self._cache.clear()
+        elif topic == KEY_REVOKED:
+            for key_hash, (_, key_id, _) in list(self._cache.items()):
+                if key_id == payload:
+                    del self._cache[key_hash]

@@ -1,0 +1,575 @@
+"""Audit events, outcomes and approvals."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reckon_server.domain.audit import (
+    ActionRequest,
+    ApprovalState,
+    OutcomeReport,
+    chain_hash,
+    chained_content,
+    forbidden,
+)
+from reckon_server.domain.policy import Decision, Evaluation
+from reckon_server.domain.principals import Principal
+from reckon_server.errors import Reason, ReckonError, not_found
+from reckon_server.storage.schema import (
+    approvals,
+    audit_events,
+    audit_outcome_history,
+    audit_outcomes,
+    orgs,
+)
+from reckon_server.storage.sql import insert
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    status: int
+    message: str
+    metadata: dict[str, Any]
+    reported_at: datetime
+    revision: int
+
+
+@dataclass(frozen=True)
+class StoredApproval:
+    approval_id: str
+    org_id: str
+    audit_event_id: str
+    principal_id: str
+    agent_name: str
+    action_type: str
+    state: ApprovalState
+    requested_at: datetime
+    timeout_at: datetime
+    resolved_at: datetime | None
+    reviewer: str
+    note: str
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    audit_event_id: str
+    org_id: str
+    chain_seq: int
+    principal_id: str
+    agent_name: str
+    action_type: str
+    metadata: dict[str, Any]
+    data_accessed: list[str]
+    event_id: str | None
+    status: Decision
+    denial_reason: str
+    policy_name: str
+    policy_version: str
+    rule_name: str
+    conditions: list[dict[str, Any]]
+    approval_id: str | None
+    created_at: datetime
+    chain_hash: str
+
+    def content(self) -> dict[str, Any]:
+        return chained_content(
+            audit_event_id=self.audit_event_id,
+            chain_seq=self.chain_seq,
+            agent_name=self.agent_name,
+            action_type=self.action_type,
+            metadata=self.metadata,
+            data_accessed=self.data_accessed,
+            event_id=self.event_id,
+            status=int(self.status),
+            denial_reason=self.denial_reason,
+            policy_name=self.policy_name,
+            policy_version=self.policy_version,
+            rule_name=self.rule_name,
+            conditions=self.conditions,
+            approval_id=self.approval_id,
+            created_at=self.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    event: StoredEvent
+    outcome: StoredOutcome | None
+    approval: StoredApproval | None
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    audit_event_id: str
+    status: int
+    reported_at: datetime
+    revision: int
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Resolved filter: principal_id is set for agents (only their own events)."""
+
+    principal_id: str | None = None
+    agent_name: str | None = None
+    action_glob: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    statuses: tuple[int, ...] = ()
+    outcome_statuses: tuple[int, ...] = ()
+    unreported: bool = False
+
+
+def _event(row: sa.Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        row.audit_event_id,
+        row.org_id,
+        row.chain_seq,
+        row.principal_id,
+        row.agent_name,
+        row.action_type,
+        row.metadata_json,
+        row.data_accessed,
+        row.event_id,
+        Decision(row.status),
+        row.denial_reason,
+        row.policy_name,
+        row.policy_version,
+        row.rule_name,
+        row.conditions,
+        row.approval_id,
+        row.created_at,
+        row.chain_hash,
+    )
+
+
+def _approval(row: sa.Row[Any]) -> StoredApproval:
+    return StoredApproval(
+        row.approval_id,
+        row.org_id,
+        row.audit_event_id,
+        row.principal_id,
+        row.agent_name,
+        row.action_type,
+        ApprovalState(row.state),
+        row.requested_at,
+        row.timeout_at,
+        row.resolved_at,
+        row.reviewer,
+        row.note,
+    )
+
+
+async def find_by_event_id(
+    conn: AsyncConnection, principal_id: str, event_id: str
+) -> StoredEvent | None:
+    row = (
+        await conn.execute(
+            sa.select(audit_events).where(
+                audit_events.c.principal_id == principal_id, audit_events.c.event_id == event_id
+            )
+        )
+    ).first()
+    return None if row is None else _event(row)
+
+
+async def append_event(
+    conn: AsyncConnection,
+    principal: Principal,
+    action: ActionRequest,
+    evaluation: Evaluation,
+    now: datetime,
+) -> tuple[StoredEvent, bool]:
+    """Store the decision as the next link of the org's chain. Returns (event, replayed): a
+    repeated event_id returns the original event instead."""
+    # The org row lock serialises appends per org, which both linearises the chain and makes
+    # the event_id check below race-free across replicas.
+    head = (
+        await conn.execute(
+            sa.select(orgs.c.chain_seq, orgs.c.chain_head)
+            .where(orgs.c.org_id == principal.org_id)
+            .with_for_update()
+        )
+    ).one()
+    if action.event_id is not None:
+        existing = await find_by_event_id(conn, principal.principal_id, action.event_id)
+        if existing is not None:
+            return existing, True
+    audit_event_id = str(uuid.uuid4())
+    approval_id = str(uuid.uuid4()) if evaluation.decision is Decision.REQUESTED else None
+    conditions = [
+        {
+            "field": c.field,
+            "operator": c.operator,
+            "expected": c.expected,
+            "actual": c.actual,
+            "matched": c.matched,
+        }
+        for c in evaluation.conditions
+    ]
+    seq = head.chain_seq + 1
+    content = chained_content(
+        audit_event_id=audit_event_id,
+        chain_seq=seq,
+        agent_name=principal.name,
+        action_type=action.action_type,
+        metadata=action.metadata,
+        data_accessed=action.data_accessed,
+        event_id=action.event_id,
+        status=int(evaluation.decision),
+        denial_reason=evaluation.denial_reason,
+        policy_name=evaluation.policy_name,
+        policy_version=evaluation.policy_version,
+        rule_name=evaluation.rule_name,
+        conditions=conditions,
+        approval_id=approval_id,
+        created_at=now,
+    )
+    digest = chain_hash(head.chain_head, content)
+    await conn.execute(
+        sa.insert(audit_events).values(
+            audit_event_id=audit_event_id,
+            org_id=principal.org_id,
+            chain_seq=seq,
+            principal_id=principal.principal_id,
+            agent_name=principal.name,
+            action_type=action.action_type,
+            metadata_json=dict(action.metadata),
+            data_accessed=list(action.data_accessed),
+            event_id=action.event_id,
+            status=int(evaluation.decision),
+            denial_reason=evaluation.denial_reason,
+            policy_name=evaluation.policy_name,
+            policy_version=evaluation.policy_version,
+            rule_name=evaluation.rule_name,
+            conditions=conditions,
+            approval_id=approval_id,
+            created_at=now,
+            chain_hash=digest,
+        )
+    )
+    await conn.execute(
+        sa.update(orgs)
+        .where(orgs.c.org_id == principal.org_id)
+        .values(chain_seq=seq, chain_head=digest)
+    )
+    if approval_id is not None:
+        assert evaluation.approval_timeout is not None
+        await conn.execute(
+            sa.insert(approvals).values(
+                approval_id=approval_id,
+                org_id=principal.org_id,
+                audit_event_id=audit_event_id,
+                principal_id=principal.principal_id,
+                agent_name=principal.name,
+                action_type=action.action_type,
+                state=int(ApprovalState.PENDING),
+                requested_at=now,
+                timeout_at=now + evaluation.approval_timeout,
+                resolved_at=None,
+                reviewer="",
+                note="",
+            )
+        )
+    stored = await conn.execute(
+        sa.select(audit_events).where(audit_events.c.audit_event_id == audit_event_id)
+    )
+    return _event(stored.one()), False
+
+
+async def get_record(conn: AsyncConnection, org_id: str, audit_event_id: str) -> AuditRecord:
+    row = (
+        await conn.execute(
+            sa.select(audit_events).where(
+                audit_events.c.audit_event_id == audit_event_id,
+                audit_events.c.org_id == org_id,
+            )
+        )
+    ).first()
+    if row is None:
+        raise not_found(
+            Reason.AUDIT_EVENT_NOT_FOUND, "audit event", audit_event_id, "audit_event_id"
+        )
+    return (await _attach(conn, [_event(row)]))[0]
+
+
+async def history(conn: AsyncConnection, audit_event_id: str) -> list[StoredOutcome]:
+    rows = await conn.execute(
+        sa.select(audit_outcome_history)
+        .where(audit_outcome_history.c.audit_event_id == audit_event_id)
+        .order_by(audit_outcome_history.c.revision)
+    )
+    return [
+        StoredOutcome(r.status, r.message, r.metadata_json, r.reported_at, r.revision) for r in rows
+    ]
+
+
+async def _attach(conn: AsyncConnection, events: Sequence[StoredEvent]) -> list[AuditRecord]:
+    ids = [e.audit_event_id for e in events]
+    outcomes: dict[str, StoredOutcome] = {}
+    found_approvals: dict[str, StoredApproval] = {}
+    if ids:
+        for r in await conn.execute(
+            sa.select(audit_outcomes).where(audit_outcomes.c.audit_event_id.in_(ids))
+        ):
+            outcomes[r.audit_event_id] = StoredOutcome(
+                r.status, r.message, r.metadata_json, r.reported_at, r.revision
+            )
+        approval_ids = [e.approval_id for e in events if e.approval_id]
+        if approval_ids:
+            for r in await conn.execute(
+                sa.select(approvals).where(approvals.c.approval_id.in_(approval_ids))
+            ):
+                found_approvals[r.approval_id] = _approval(r)
+    return [
+        AuditRecord(
+            e,
+            outcomes.get(e.audit_event_id),
+            found_approvals.get(e.approval_id) if e.approval_id else None,
+        )
+        for e in events
+    ]
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    principal: Principal
+    report: OutcomeReport
+    now: datetime
+
+
+class ReportOutcomes:
+    """Report as a group-commit op: one lookup, then one upsert and one history insert per
+    round of distinct events (the same event twice in a batch takes two rounds, so its
+    revisions stay consecutive)."""
+
+    async def apply(
+        self, conn: AsyncConnection, items: Sequence[ReportItem]
+    ) -> list[ReportResult | ReckonError]:
+        ids = list({item.report.audit_event_id for item in items})
+        owners = {
+            r.audit_event_id: (r.org_id, r.principal_id)
+            for r in await conn.execute(
+                sa.select(
+                    audit_events.c.audit_event_id,
+                    audit_events.c.org_id,
+                    audit_events.c.principal_id,
+                ).where(audit_events.c.audit_event_id.in_(ids))
+            )
+        }
+        results: list[ReportResult | ReckonError | None] = [None] * len(items)
+        accepted: list[int] = []
+        for index, item in enumerate(items):
+            event_id = item.report.audit_event_id
+            owner = owners.get(event_id)
+            if owner is None or owner[0] != item.principal.org_id:
+                results[index] = not_found(
+                    Reason.AUDIT_EVENT_NOT_FOUND, "audit event", event_id, "audit_event_id"
+                )
+            elif owner[1] != item.principal.principal_id:
+                results[index] = forbidden(event_id)
+            else:
+                accepted.append(index)
+        while accepted:
+            round_ids: set[str] = set()
+            this_round: list[int] = []
+            later: list[int] = []
+            for index in accepted:
+                event_id = items[index].report.audit_event_id
+                (later if event_id in round_ids else this_round).append(index)
+                round_ids.add(event_id)
+            for index, result in zip(
+                this_round, await _upsert([items[i] for i in this_round], conn), strict=True
+            ):
+                results[index] = result
+            accepted = later
+        return [r for r in results if r is not None]
+
+
+async def _upsert(items: Sequence[ReportItem], conn: AsyncConnection) -> list[ReportResult]:
+    rows: list[dict[str, Any]] = [
+        {
+            "audit_event_id": item.report.audit_event_id,
+            "status": int(item.report.status),
+            "message": item.report.message,
+            "metadata_json": dict(item.report.metadata),
+            "reported_at": item.now,
+            "revision": 1,
+        }
+        for item in items
+    ]
+    statement = insert(conn, audit_outcomes).values(rows)
+    upsert = statement.on_conflict_do_update(
+        index_elements=[audit_outcomes.c.audit_event_id],
+        set_={
+            "status": statement.excluded.status,
+            "message": statement.excluded.message,
+            "metadata_json": statement.excluded.metadata_json,
+            "reported_at": statement.excluded.reported_at,
+            "revision": audit_outcomes.c.revision + 1,
+        },
+    ).returning(audit_outcomes.c.audit_event_id, audit_outcomes.c.revision)
+    revisions = {r.audit_event_id: r.revision for r in await conn.execute(upsert)}
+    await conn.execute(
+        sa.insert(audit_outcome_history),
+        [{**row, "revision": revisions[row["audit_event_id"]]} for row in rows],
+    )
+    return [
+        ReportResult(
+            row["audit_event_id"],
+            row["status"],
+            row["reported_at"],
+            revisions[row["audit_event_id"]],
+        )
+        for row in rows
+    ]
+
+
+def _filtered(org_id: str, where: EventFilter) -> sa.Select[Any]:
+    query = sa.select(audit_events).where(audit_events.c.org_id == org_id)
+    if where.principal_id:
+        query = query.where(audit_events.c.principal_id == where.principal_id)
+    if where.agent_name:
+        query = query.where(audit_events.c.agent_name == where.agent_name)
+    if where.action_glob:
+        if any(ch in where.action_glob for ch in "*?"):
+            like = (
+                where.action_glob.replace("\\", "\\\\")
+                .replace("%", "\\%")
+                .replace("_", "\\_")
+                .replace("*", "%")
+                .replace("?", "_")
+            )
+            query = query.where(audit_events.c.action_type.like(like, escape="\\"))
+        else:
+            query = query.where(audit_events.c.action_type == where.action_glob)
+    if where.created_after:
+        query = query.where(audit_events.c.created_at >= where.created_after)
+    if where.created_before:
+        query = query.where(audit_events.c.created_at < where.created_before)
+    if where.statuses:
+        query = query.where(audit_events.c.status.in_(where.statuses))
+    if where.outcome_statuses or where.unreported:
+        query = query.outerjoin(
+            audit_outcomes, audit_outcomes.c.audit_event_id == audit_events.c.audit_event_id
+        )
+        clauses = []
+        if where.outcome_statuses:
+            clauses.append(audit_outcomes.c.status.in_(where.outcome_statuses))
+        if where.unreported:
+            clauses.append(audit_outcomes.c.audit_event_id.is_(None))
+        query = query.where(sa.or_(*clauses))
+    return query
+
+
+async def list_records(
+    conn: AsyncConnection,
+    org_id: str,
+    where: EventFilter,
+    *,
+    before_seq: int | None,
+    limit: int,
+) -> list[AuditRecord]:
+    """Newest first by chain position, which only grows: pages never repeat or skip."""
+    query = _filtered(org_id, where)
+    if before_seq is not None:
+        query = query.where(audit_events.c.chain_seq < before_seq)
+    query = query.order_by(audit_events.c.chain_seq.desc()).limit(limit)
+    return await _attach(conn, [_event(r) for r in await conn.execute(query)])
+
+
+async def stream_records(
+    connect: Any, org_id: str, where: EventFilter, *, chunk: int = 500
+) -> AsyncIterator[AuditRecord]:
+    """Oldest first, `chunk` events per short read transaction: constant memory, and no
+    transaction held open while a slow consumer reads."""
+    after = 0
+    while True:
+        async with connect() as conn:
+            query = (
+                _filtered(org_id, where)
+                .where(audit_events.c.chain_seq > after)
+                .order_by(audit_events.c.chain_seq)
+                .limit(chunk)
+            )
+            records = await _attach(conn, [_event(r) for r in await conn.execute(query)])
+        for record in records:
+            yield record
+        if len(records) < chunk:
+            return
+        after = records[-1].event.chain_seq
+
+
+async def get_approval(
+    conn: AsyncConnection, org_id: str, approval_id: str
+) -> StoredApproval | None:
+    row = (
+        await conn.execute(
+            sa.select(approvals).where(
+                approvals.c.approval_id == approval_id, approvals.c.org_id == org_id
+            )
+        )
+    ).first()
+    return None if row is None else _approval(row)
+
+
+async def expire_approval(conn: AsyncConnection, approval_id: str, now: datetime) -> None:
+    """Time out a pending approval whose deadline has passed (no-op otherwise)."""
+    await conn.execute(
+        sa.update(approvals)
+        .where(
+            approvals.c.approval_id == approval_id,
+            approvals.c.state == int(ApprovalState.PENDING),
+            approvals.c.timeout_at <= now,
+        )
+        .values(state=int(ApprovalState.TIMED_OUT), resolved_at=now)
+    )
+
+
+async def resolve_approval(
+    conn: AsyncConnection,
+    approval_id: str,
+    *,
+    state: ApprovalState,
+    reviewer: str,
+    note: str,
+    now: datetime,
+) -> bool:
+    """Resolve a pending, unexpired approval; False when it was no longer pending."""
+    result = await conn.execute(
+        sa.update(approvals)
+        .where(
+            approvals.c.approval_id == approval_id,
+            approvals.c.state == int(ApprovalState.PENDING),
+            approvals.c.timeout_at > now,
+        )
+        .values(state=int(state), resolved_at=now, reviewer=reviewer, note=note)
+    )
+    return result.rowcount == 1
+
+
+async def chain(connect: Any, org_id: str, *, chunk: int = 1000) -> AsyncIterator[StoredEvent]:
+    """Every event of the org in chain order."""
+    after = 0
+    while True:
+        async with connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(audit_events)
+                    .where(audit_events.c.org_id == org_id, audit_events.c.chain_seq > after)
+                    .order_by(audit_events.c.chain_seq)
+                    .limit(chunk)
+                )
+            ).all()
+        for row in rows:
+            yield _event(row)
+        if len(rows) < chunk:
+            return
+        after = rows[-1].chain_seq

@@ -1,0 +1,116 @@
+"""Group commit: one writer task coalesces concurrent writes into one transaction.
+
+Callers submit an item to a `BatchOp`; the writer drains everything queued, applies each op
+once to all of its items inside a single transaction, commits, and only then resolves every
+caller. An op returns a result or a ReckonError per item (expected refusals, decided before
+anything is written); if the transaction itself fails, every item of the batch gets that
+failure and none of their rows remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reckon_server.errors import Reason, ReckonError, unavailable
+from reckon_server.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - conventional name for an item type
+R = TypeVar("R")
+I_contra = TypeVar("I_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class BatchOp(Protocol[I_contra, R_co]):
+    """Applies many items of one kind in the writer's transaction, in submission order."""
+
+    async def apply(
+        self, conn: AsyncConnection, items: Sequence[I_contra]
+    ) -> Sequence[R_co | ReckonError]: ...
+
+
+@dataclass
+class _Pending(Generic[I, R]):
+    op: BatchOp[I, R]
+    item: I
+    future: asyncio.Future[R] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupCommitter:
+    def __init__(
+        self, database: Database, *, max_batch: int = 1024, max_queue: int = 65536
+    ) -> None:
+        self._database = database
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending[Any, Any]] = asyncio.Queue(max_queue)
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+        """Transactions committed so far (for tests and benchmarks)."""
+
+    async def submit(self, op: BatchOp[I, R], item: I) -> R:
+        """Apply `item` and return its result once the transaction holding it has committed."""
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+        pending: _Pending[I, R] = _Pending(op, item)
+        await self._queue.put(pending)
+        return await asyncio.shield(pending.future)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        while not self._queue.empty():
+            self._queue.get_nowait().future.set_exception(
+                unavailable(Reason.DRAINING, "the server is shutting down")
+            )
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending[Any, Any]]) -> None:
+        by_op: dict[int, list[_Pending[Any, Any]]] = {}
+        for pending in batch:
+            by_op.setdefault(id(pending.op), []).append(pending)
+        outcomes: list[tuple[_Pending[Any, Any], Any]] = []
+        try:
+            async with self._database.write() as conn:
+                for group in by_op.values():
+                    results = await group[0].op.apply(conn, [p.item for p in group])
+                    outcomes.extend(zip(group, results, strict=True))
+        except ReckonError as err:
+            _fail(batch, err)
+            return
+        except Exception:
+            log.exception("group commit of %d items failed", len(batch))
+            _fail(
+                batch, unavailable(Reason.STORAGE_UNAVAILABLE, "the write could not be committed")
+            )
+            return
+        self.batches += 1
+        for pending, result in outcomes:
+            if pending.future.done():
+                continue
+            if isinstance(result, ReckonError):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+
+def _fail(batch: list[_Pending[Any, Any]], err: ReckonError) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(err)

@@ -1,0 +1,46 @@
+"""A storage outage: Report answers UNAVAILABLE/REPORT_FAILED with RetryInfo, writes nothing,
+and works again once the database is back. Uses its own PostgreSQL, which it stops."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc import aio
+from reckon.v1 import audit_service_pb2 as pb
+from reckon.v1 import types_pb2
+
+from tests.support.api import RunningServer, bearer, decode
+from tests.support.postgres import start_postgres
+
+
+@pytest.mark.timeout(180)
+async def test_report_during_an_outage_fails_retryably_and_writes_nothing() -> None:
+    postgres = start_postgres(private=True)
+    try:
+        api = await RunningServer.start(await postgres.create_database())
+        try:
+            agent = await api.register("survivor")
+            event = await api.stubs.audit.Execute(
+                pb.ExecuteRequest(action_type="db.migrate"), metadata=bearer(agent)
+            )
+            request = pb.ReportRequest(
+                audit_event_id=event.audit_event_id,
+                outcome=pb.Outcome(status=types_pb2.OUTCOME_STATUS_SUCCESS),
+            )
+            # The agent's key was just used, so it is cached: the outage hits the write.
+            postgres.stop_server()
+            with pytest.raises(aio.AioRpcError) as raised:
+                await api.stubs.audit.Report(request, metadata=bearer(agent))
+            error = decode(raised.value)
+            assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert error.reason == "REPORT_FAILED"
+            assert error.metadata["recovery"] == "transient"
+            assert "google.rpc.RetryInfo" in error.details
+
+            postgres.start_server()
+            retried = await api.stubs.audit.Report(request, metadata=bearer(agent), timeout=30)
+            assert (retried.created, retried.revision) == (True, 1)
+        finally:
+            await api.close()
+    finally:
+        postgres.stop()
