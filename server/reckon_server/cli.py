@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TextIO
 
 from sqlalchemy import make_url
 
 from reckon_server.domain.principals import Role, validate_name
 from reckon_server.errors import ReckonError
+from reckon_server.export import DECISIONS, OUTCOMES, CsvWriter, JsonlWriter, as_document
+from reckon_server.services.audit import verify_chain
 from reckon_server.settings import Settings
+from reckon_server.storage import audit as audit_store
 from reckon_server.storage import migrate
 from reckon_server.storage import principals as principal_store
+from reckon_server.storage.audit import EventFilter
 from reckon_server.storage.database import Database
 from reckon_server.transport.server import create_server
 
@@ -67,7 +75,127 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--org", default=None, help="org name (default: RECKON_ORG or 'default')")
     revoke.set_defaults(run=_keys_revoke)
+
+    agents = commands.add_parser("agents", help="principals").add_subparsers(required=True)
+    list_agents = agents.add_parser("list", help="list an org's agents and admins with their keys")
+    list_agents.add_argument("--org", default=None, help="org name")
+    list_agents.set_defaults(run=_agents_list)
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(required=True)
+    verify = audit.add_parser("verify", help="check the org's audit hash chain")
+    verify.add_argument("--org", default=None, help="org name")
+    verify.set_defaults(run=_audit_verify)
+
+    export = commands.add_parser("export", help="write the audit trail to a file")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", "-o", default="-", help="file path, or - for stdout")
+    export.add_argument("--org", default=None, help="org name")
+    export.add_argument("--agent", help="only this agent's events")
+    export.add_argument("--action", help="action_type glob, e.g. 'db.*'")
+    export.add_argument("--since", type=_timestamp, help="created at or after (ISO 8601)")
+    export.add_argument("--until", type=_timestamp, help="created before (ISO 8601)")
+    export.add_argument("--decision", action="append", choices=sorted(DECISIONS), default=[])
+    export.add_argument("--outcome", action="append", choices=sorted(OUTCOMES), default=[])
+    export.add_argument("--unreported", action="store_true", help="events without an outcome")
+    export.set_defaults(run=_export)
     return parser
+
+
+def _timestamp(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@asynccontextmanager
+async def _org_database(settings: Settings, org: str | None) -> AsyncIterator[tuple[Database, str]]:
+    """The migrated database and the id of the named org (which must exist)."""
+    database = Database(settings.database_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.read() as conn:
+            org_id = await principal_store.find_org(conn, org or settings.org)
+        if org_id is None:
+            raise ValueError(f"no org named {org or settings.org!r}")
+        yield database, org_id
+    finally:
+        await database.dispose()
+
+
+async def _agents_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with _org_database(settings, args.org) as (database, org_id), database.read() as conn:
+        records = await principal_store.list_principals(
+            conn, org_id, after_name="", limit=1_000_000
+        )
+    for record in records:
+        keys = ", ".join(
+            f"{k.key_id} ({k.prefix}…{' revoked' if k.revoked_at else ''})" for k in record.keys
+        )
+        print(f"{record.principal.name}\t{record.principal.role.name.lower()}\t{keys}")
+    return 0
+
+
+async def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    async with _org_database(settings, args.org) as (database, org_id):
+        verdict = await verify_chain(database, org_id)
+    if verdict.intact:
+        print(f"audit chain intact: {verdict.events_checked} events verified")
+        return 0
+    print(
+        f"audit chain BROKEN at event {verdict.first_broken_event_id} "
+        f"(position {verdict.events_checked}): {verdict.detail}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def _export(args: argparse.Namespace, settings: Settings) -> int:
+    where = EventFilter(
+        agent_name=args.agent,
+        action_glob=args.action,
+        created_after=args.since,
+        created_before=args.until,
+        statuses=tuple(DECISIONS[d] for d in args.decision),
+        outcome_statuses=tuple(OUTCOMES[o] for o in args.outcome),
+        unreported=args.unreported,
+    )
+    async with _org_database(settings, args.org) as (database, org_id):
+        async with database.read() as conn:
+            total = await audit_store.count_records(conn, org_id, where)
+        with contextlib.ExitStack() as stack:
+            out = sys.stdout
+            if args.output != "-":
+                # The export is the only task of this process: blocking writes stall nothing.
+                out = stack.enter_context(
+                    open(args.output, "w", newline="", encoding="utf-8")  # noqa: ASYNC230
+                )
+            writer = JsonlWriter(out) if args.format == "jsonl" else CsvWriter(out)
+            progress = Progress(total, sys.stderr)
+            async for record in audit_store.stream_records(database.read, org_id, where):
+                writer.write(as_document(record))
+                progress.advance()
+        progress.done()
+    return 0
+
+
+class Progress:
+    """A progress bar on a terminal; a single summary line otherwise."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.count, self._stream = total, 0, stream
+        self._live = stream.isatty()
+
+    def advance(self) -> None:
+        self.count += 1
+        if self._live and (self.count % 500 == 0 or self.count == self.total):
+            done = self.count / self.total if self.total else 1.0
+            bar = "#" * int(done * 30)
+            self._stream.write(f"\rexporting [{bar:<30}] {self.count}/{self.total}")
+            self._stream.flush()
+
+    def done(self) -> None:
+        if self._live:
+            self._stream.write("\n")
+        self._stream.write(f"exported {self.count} events\n")
 
 
 async def _serve(_args: argparse.Namespace, settings: Settings) -> int:

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
 from grpc import aio
+
 from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import audit_service_pb2 as pb
 from reckon_server.storage.database import Database
-
 from tests.support.api import RunningServer, bearer, decode
 
 Metadata = tuple[tuple[str, str], ...]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc import aio
+
 from reckon.v1 import audit_service_pb2 as pb
 from reckon.v1 import types_pb2
-
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.postgres import start_postgres
 

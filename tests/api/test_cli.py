@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import os
 import re
 import signal
@@ -10,11 +13,12 @@ import socket
 import sys
 from pathlib import Path
 
+from google.protobuf import struct_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from reckon.v1 import admin_service_pb2
 
-from tests.support.api import Stubs, bearer
+from reckon.v1 import admin_service_pb2, audit_service_pb2
+from tests.support.api import RunningServer, Stubs, bearer
 
 RECKON = [sys.executable, "-m", "reckon_server.cli"]
 
@@ -112,3 +116,63 @@ async def test_db_upgrade_and_key_commands(tmp_path: Path) -> None:
     code, _, err = await run("keys", "create", "--agent", "bad name!")
     assert code == 2
     assert "name" in err
+
+
+async def test_export_verify_and_agents_list(api: RunningServer, tmp_path: Path) -> None:
+    agent = await api.register("exported")
+    metadata = struct_pb2.Struct()
+    metadata.update({"migration": "0043", "rows": 14200})
+    events = []
+    for action in ("db.migrate", "db.delete", "tool.read"):
+        events.append(
+            await api.stubs.audit.Execute(
+                audit_service_pb2.ExecuteRequest(action_type=action, metadata=metadata),
+                metadata=bearer(agent),
+            )
+        )
+    await api.stubs.audit.Report(
+        audit_service_pb2.ReportRequest(
+            audit_event_id=events[0].audit_event_id,
+            outcome=audit_service_pb2.Outcome(status=1, message="ok, 完了"),
+        ),
+        metadata=bearer(agent),
+    )
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            *RECKON,
+            "--database-url",
+            api.database_url,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    jsonl = tmp_path / "trail.jsonl"
+    code, _, err = await run("export", "--format", "jsonl", "-o", str(jsonl))
+    assert code == 0, err
+    assert "exported 3 events" in err
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["audit_event_id"] for r in rows] == [e.audit_event_id for e in events]
+    assert rows[0]["outcome"]["status"] == "SUCCESS"
+    assert rows[0]["outcome"]["message"] == "ok, 完了"
+    assert rows[0]["metadata"] == {"migration": "0043", "rows": 14200}
+    assert rows[1]["outcome"] is None
+
+    code, out, _ = await run("export", "--format", "csv", "--action", "db.*", "--unreported")
+    assert code == 0
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert [r["audit_event_id"] for r in table] == [events[1].audit_event_id]
+    assert json.loads(table[0]["metadata"])["rows"] == 14200
+
+    code, out, _ = await run("audit", "verify")
+    assert (code, out.strip()) == (0, "audit chain intact: 3 events verified")
+    code, out, _ = await run("agents", "list")
+    assert code == 0
+    assert {line.split("\t")[0] for line in out.splitlines()} == {"admin", "exported"}
+    code, _, err = await run("audit", "verify", "--org", "nope")
+    assert code == 2
+    assert "no org named 'nope'" in err

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import grpc
 import pytest
+
 from reckon.v1 import admin_service_pb2, audit_service_pb2, types_pb2
 from reckon_client import Reckon, ReckonError, from_micros, to_micros
-
 from tests.support.api import RunningServer, bearer
 
 

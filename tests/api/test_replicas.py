@@ -7,8 +7,8 @@ import time
 
 import pytest
 from grpc import aio
-from reckon.v1 import admin_service_pb2, audit_service_pb2
 
+from reckon.v1 import admin_service_pb2, audit_service_pb2
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.postgres import PostgresServer
 

@@ -9,11 +9,11 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from reckon.v1 import audit_service_pb2
 from reckon_server.domain.principals import Role
 from reckon_server.storage import principals as principal_store
 from reckon_server.storage.database import Database
-
 from tests.support.api import RunningServer, bearer, decode, new_secret
 
 REPORT = "/reckon.v1.AuditService/Report"

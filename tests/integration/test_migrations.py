@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+
 from reckon_server.storage import migrate
 from reckon_server.storage.database import Database
 from reckon_server.storage.schema import Base

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from reckon_server.domain.audit import ActionRequest, OutcomeReport, OutcomeStatus
 from reckon_server.domain.policy import Decision, Evaluation
 from reckon_server.domain.principals import Role

@@ -11,6 +11,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
+
 from reckon.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

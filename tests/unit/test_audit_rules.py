@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from reckon_server.domain import audit, documents, paging
 from reckon_server.errors import ReckonError
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from reckon_server.domain import policy
 from reckon_server.domain.policy import Condition, Decision, Effect, Operator, Policy, Rule
 

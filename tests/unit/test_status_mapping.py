@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.rpc import error_details_pb2
+
 from reckon.v1 import error_reason_pb2
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
 from reckon_server.transport.status import MAX_DETAILS_BYTES, code_of, rich_status

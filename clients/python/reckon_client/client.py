@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 from grpc import aio
+
 from reckon.v1 import (
     admin_service_pb2_grpc,
     audit_service_pb2,
@@ -20,7 +21,6 @@ from reckon.v1 import (
     governance_service_pb2_grpc,
     types_pb2,
 )
-
 from reckon_client.errors import ReckonError
 
 T = TypeVar("T")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from reckon.v1 import error_reason_pb2
 
 

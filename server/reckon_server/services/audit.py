@@ -181,27 +181,30 @@ class AuditLedger:
         )
 
     async def verify_chain(self, org_id: str) -> ChainVerdict:
-        previous, checked = "", 0
-        async for event in store.chain(self._db.read, org_id):
-            checked += 1
-            if event.chain_seq != checked:
-                return ChainVerdict(
-                    False,
-                    checked,
-                    event.audit_event_id,
-                    f"expected chain position {checked}, found {event.chain_seq}"
-                    " (an event is missing)",
-                )
-            expected = chain_hash(previous, event.content())
-            if expected != event.chain_hash:
-                return ChainVerdict(
-                    False,
-                    checked,
-                    event.audit_event_id,
-                    "stored hash does not match the event's content",
-                )
-            previous = event.chain_hash
-        return ChainVerdict(True, checked)
+        return await verify_chain(self._db, org_id)
+
+
+async def verify_chain(database: Database, org_id: str) -> ChainVerdict:
+    """Walk the org's events in chain order; report the first that is missing or altered."""
+    previous, checked = "", 0
+    async for event in store.chain(database.read, org_id):
+        checked += 1
+        if event.chain_seq != checked:
+            return ChainVerdict(
+                False,
+                checked,
+                event.audit_event_id,
+                f"expected chain position {checked}, found {event.chain_seq} (an event is missing)",
+            )
+        if chain_hash(previous, event.content()) != event.chain_hash:
+            return ChainVerdict(
+                False,
+                checked,
+                event.audit_event_id,
+                "stored hash does not match the event's content",
+            )
+        previous = event.chain_hash
+    return ChainVerdict(True, checked)
 
 
 def _require_visible(principal: Principal, event: store.StoredEvent) -> None:

@@ -469,6 +469,11 @@ def _filtered(org_id: str, where: EventFilter) -> sa.Select[Any]:
     return query
 
 
+async def count_records(conn: AsyncConnection, org_id: str, where: EventFilter) -> int:
+    query = sa.select(sa.func.count()).select_from(_filtered(org_id, where).subquery())
+    return int(await conn.scalar(query) or 0)
+
+
 async def list_records(
     conn: AsyncConnection,
     org_id: str,

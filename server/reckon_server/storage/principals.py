@@ -52,6 +52,11 @@ async def authenticate(conn: AsyncConnection, key_hash: str) -> tuple[Principal,
     return Principal(row.org_id, row.principal_id, row.name, Role(row.role)), row.key_id
 
 
+async def find_org(conn: AsyncConnection, name: str) -> str | None:
+    found = await conn.scalar(sa.select(orgs.c.org_id).where(orgs.c.name == name))
+    return None if found is None else str(found)
+
+
 async def ensure_org(conn: AsyncConnection, name: str) -> str:
     """The id of the named org, created if missing (safe against concurrent creators)."""
     existing = await conn.scalar(sa.select(orgs.c.org_id).where(orgs.c.name == name))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from reckon.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -18,7 +19,6 @@ from reckon.v1 import (
     governance_service_pb2,
     governance_service_pb2_grpc,
 )
-
 from reckon_server.domain.principals import Role
 from reckon_server.services.audit import AuditLedger
 from reckon_server.services.keys import Authenticator

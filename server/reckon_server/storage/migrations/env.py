@@ -1,6 +1,7 @@
 """Alembic environment: always handed a live connection by `reckon_server.storage.migrate`."""
 
 from alembic import context
+
 from reckon_server.storage.schema import Base
 
 connection = context.config.attributes["connection"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from grpc import aio
+
 from reckon.v1 import admin_service_pb2 as pb
 from reckon.v1 import admin_service_pb2_grpc
-
 from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
 from reckon_server.domain.principals import Role, validate_name
 from reckon_server.errors import FieldViolation, Reason, invalid, not_found

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
+
 from reckon.v1 import audit_service_pb2 as pb
 from reckon.v1 import audit_service_pb2_grpc, types_pb2
-
 from reckon_server.domain.audit import parse_audit_event_id, validate_action, validate_report
 from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
 from reckon_server.services.audit import AuditLedger

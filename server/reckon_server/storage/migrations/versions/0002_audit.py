@@ -6,6 +6,7 @@ Revises: 0001
 
 import sqlalchemy as sa
 from alembic import op
+
 from reckon_server.storage.types import JsonDocument
 
 revision = "0002"
