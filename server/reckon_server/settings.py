@@ -32,9 +32,6 @@ class Settings:
     grace_seconds: float = 10.0
     """How long in-flight calls may finish after SIGTERM before they are cancelled."""
 
-    max_request_seconds: float = 30.0
-    """Upper bound on one unary call's handling time, below any longer client deadline."""
-
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest request or response message accepted."""
 

@@ -19,6 +19,7 @@ from reckon_server.domain.audit import (
     chained_content,
     forbidden,
 )
+from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.policy import Decision, Evaluation
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import Reason, ReckonError, not_found
@@ -29,7 +30,8 @@ from reckon_server.storage.schema import (
     audit_outcomes,
     orgs,
 )
-from reckon_server.storage.sql import insert
+from reckon_server.storage.sql import BulkStatement, upsert
+from reckon_server.storage.types import epoch_micros
 
 
 @dataclass(frozen=True)
@@ -345,91 +347,115 @@ class ReportItem:
     now: datetime
 
 
+_OUTCOME_COLUMNS = (
+    "audit_event_id",
+    "status",
+    "message",
+    "metadata_json",
+    "reported_at",
+    "revision",
+)
+_HISTORY_COLUMNS = (
+    "audit_event_id",
+    "revision",
+    "status",
+    "message",
+    "metadata_json",
+    "reported_at",
+)
+_UPSERT_OUTCOMES = BulkStatement(
+    lambda dialect: upsert(dialect, audit_outcomes, ["audit_event_id"], _OUTCOME_COLUMNS),
+    _OUTCOME_COLUMNS,
+)
+_APPEND_HISTORY = BulkStatement(
+    lambda _: sa.insert(audit_outcome_history).values(
+        {c: sa.bindparam(c) for c in _HISTORY_COLUMNS}
+    ),
+    _HISTORY_COLUMNS,
+)
+
+
 class ReportOutcomes:
-    """Report as a group-commit op: one lookup, then one upsert and one history insert per
-    round of distinct events (the same event twice in a batch takes two rounds, so its
-    revisions stay consecutive)."""
+    """Report as a group-commit op.
+
+    The reported events are locked (PostgreSQL `FOR UPDATE`, sorted so batches on different
+    replicas cannot deadlock; SQLite has one writer) and their current revisions read; each
+    item then takes the next revision in submission order, so any number of reports of the
+    same event in one batch stay consecutive. The latest row per event is upserted and every
+    row appended to the history, each with one executemany.
+    """
 
     async def apply(
         self, conn: AsyncConnection, items: Sequence[ReportItem]
     ) -> list[ReportResult | ReckonError]:
-        ids = list({item.report.audit_event_id for item in items})
-        owners = {
-            r.audit_event_id: (r.org_id, r.principal_id)
-            for r in await conn.execute(
+        ids = sorted({item.report.audit_event_id for item in items})
+        current = {
+            row.audit_event_id: row
+            for row in await conn.execute(
                 sa.select(
                     audit_events.c.audit_event_id,
                     audit_events.c.org_id,
                     audit_events.c.principal_id,
-                ).where(audit_events.c.audit_event_id.in_(ids))
+                    audit_outcomes.c.revision,
+                )
+                .select_from(
+                    audit_events.outerjoin(
+                        audit_outcomes,
+                        audit_outcomes.c.audit_event_id == audit_events.c.audit_event_id,
+                    )
+                )
+                .where(audit_events.c.audit_event_id.in_(ids))
+                .order_by(audit_events.c.audit_event_id)
+                .with_for_update(of=audit_events)
             )
         }
-        results: list[ReportResult | ReckonError | None] = [None] * len(items)
-        accepted: list[int] = []
-        for index, item in enumerate(items):
-            event_id = item.report.audit_event_id
-            owner = owners.get(event_id)
-            if owner is None or owner[0] != item.principal.org_id:
-                results[index] = not_found(
-                    Reason.AUDIT_EVENT_NOT_FOUND, "audit event", event_id, "audit_event_id"
+        revisions = {event_id: row.revision or 0 for event_id, row in current.items()}
+        results: list[ReportResult | ReckonError] = []
+        latest: dict[str, tuple[Any, ...]] = {}
+        history: list[tuple[Any, ...]] = []
+        for item in items:
+            report = item.report
+            owner = current.get(report.audit_event_id)
+            if owner is None or owner.org_id != item.principal.org_id:
+                results.append(
+                    not_found(
+                        Reason.AUDIT_EVENT_NOT_FOUND,
+                        "audit event",
+                        report.audit_event_id,
+                        "audit_event_id",
+                    )
                 )
-            elif owner[1] != item.principal.principal_id:
-                results[index] = forbidden(event_id)
-            else:
-                accepted.append(index)
-        while accepted:
-            round_ids: set[str] = set()
-            this_round: list[int] = []
-            later: list[int] = []
-            for index in accepted:
-                event_id = items[index].report.audit_event_id
-                (later if event_id in round_ids else this_round).append(index)
-                round_ids.add(event_id)
-            for index, result in zip(
-                this_round, await _upsert([items[i] for i in this_round], conn), strict=True
-            ):
-                results[index] = result
-            accepted = later
-        return [r for r in results if r is not None]
-
-
-async def _upsert(items: Sequence[ReportItem], conn: AsyncConnection) -> list[ReportResult]:
-    rows: list[dict[str, Any]] = [
-        {
-            "audit_event_id": item.report.audit_event_id,
-            "status": int(item.report.status),
-            "message": item.report.message,
-            "metadata_json": dict(item.report.metadata),
-            "reported_at": item.now,
-            "revision": 1,
-        }
-        for item in items
-    ]
-    statement = insert(conn, audit_outcomes).values(rows)
-    upsert = statement.on_conflict_do_update(
-        index_elements=[audit_outcomes.c.audit_event_id],
-        set_={
-            "status": statement.excluded.status,
-            "message": statement.excluded.message,
-            "metadata_json": statement.excluded.metadata_json,
-            "reported_at": statement.excluded.reported_at,
-            "revision": audit_outcomes.c.revision + 1,
-        },
-    ).returning(audit_outcomes.c.audit_event_id, audit_outcomes.c.revision)
-    revisions = {r.audit_event_id: r.revision for r in await conn.execute(upsert)}
-    await conn.execute(
-        sa.insert(audit_outcome_history),
-        [{**row, "revision": revisions[row["audit_event_id"]]} for row in rows],
-    )
-    return [
-        ReportResult(
-            row["audit_event_id"],
-            row["status"],
-            row["reported_at"],
-            revisions[row["audit_event_id"]],
-        )
-        for row in rows
-    ]
+                continue
+            if owner.principal_id != item.principal.principal_id:
+                results.append(forbidden(report.audit_event_id))
+                continue
+            revision = revisions[report.audit_event_id] = revisions[report.audit_event_id] + 1
+            document = canonical_json(report.metadata)
+            reported_at = epoch_micros(item.now)
+            latest[report.audit_event_id] = (
+                report.audit_event_id,
+                int(report.status),
+                report.message,
+                document,
+                reported_at,
+                revision,
+            )
+            history.append(
+                (
+                    report.audit_event_id,
+                    revision,
+                    int(report.status),
+                    report.message,
+                    document,
+                    reported_at,
+                )
+            )
+            results.append(
+                ReportResult(report.audit_event_id, int(report.status), item.now, revision)
+            )
+        await _UPSERT_OUTCOMES.executemany(conn, list(latest.values()))
+        await _APPEND_HISTORY.executemany(conn, history)
+        return results
 
 
 def _filtered(org_id: str, where: EventFilter) -> sa.Select[Any]:

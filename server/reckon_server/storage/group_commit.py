@@ -21,6 +21,7 @@ from reckon_server.errors import Reason, ReckonError, unavailable
 from reckon_server.storage.database import Database
 
 log = logging.getLogger(__name__)
+_MAX_LINGER_TURNS = 8
 
 I = TypeVar("I")  # noqa: E741 - conventional name for an item type
 R = TypeVar("R")
@@ -62,6 +63,8 @@ class GroupCommitter:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
         pending: _Pending[I, R] = _Pending(op, item)
         await self._queue.put(pending)
+        # A caller that gives up (deadline, cancel) must not cancel the shared future: the
+        # writer still resolves it, and the item is committed or failed with its batch.
         return await asyncio.shield(pending.future)
 
     async def close(self) -> None:
@@ -77,6 +80,14 @@ class GroupCommitter:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Turns of the loop let handlers that are already runnable join this batch; under
+            # load that multiplies the batch size for the cost of a few context switches, and
+            # an idle server stops after the first turn.
+            for _ in range(_MAX_LINGER_TURNS):
+                queued = self._queue.qsize()
+                await asyncio.sleep(0)
+                if self._queue.qsize() == queued:
+                    break
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)

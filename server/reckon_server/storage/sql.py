@@ -2,18 +2,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 def insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT that supports ON CONFLICT on both SQLite and PostgreSQL."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return dialect_insert(conn.dialect.name, table)
+
+
+def dialect_insert(dialect_name: str, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    return postgresql.insert(table) if dialect_name == "postgresql" else sqlite.insert(table)
+
+
+def upsert(
+    dialect_name: str, table: sa.Table, key: Sequence[str], columns: Sequence[str]
+) -> sa.ClauseElement:
+    """INSERT of `columns` that overwrites every non-key column on a `key` conflict."""
+    statement = dialect_insert(dialect_name, table).values({c: sa.bindparam(c) for c in columns})
+    return statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c: statement.excluded[c] for c in columns if c not in key},
+    )
 
 
 def insert_ignore(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT that does nothing when a unique constraint is hit (a concurrent creator won)."""
     return insert(conn, table).on_conflict_do_nothing()
+
+
+class BulkStatement:
+    """A Core statement compiled once per dialect and executed through the driver's
+    executemany with positional rows.
+
+    On hot batch paths SQLAlchemy's per-row parameter processing costs more than the database
+    work itself, so rows are passed already in their stored form (ints for timestamps, JSON
+    text for documents) in the order of `columns`.
+    """
+
+    def __init__(self, build: Callable[[str], sa.ClauseElement], columns: Sequence[str]) -> None:
+        """`build(dialect_name)` returns the statement; binds must follow `columns`."""
+        self._build = build
+        self._columns = tuple(columns)
+        self._compiled: dict[str, str] = {}
+
+    def _sql(self, dialect: sa.Dialect) -> str:
+        sql = self._compiled.get(dialect.name)
+        if sql is None:
+            compiled = self._build(dialect.name).compile(dialect=dialect)
+            assert isinstance(compiled, SQLCompiler)
+            order = tuple(compiled.positiontup or ())
+            if order != self._columns:
+                raise ValueError(f"bind order {order} differs from {self._columns}")
+            sql = self._compiled[dialect.name] = compiled.string
+        return sql
+
+    async def executemany(self, conn: AsyncConnection, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.executemany(self._sql(conn.dialect), rows)  # type: ignore[union-attr]

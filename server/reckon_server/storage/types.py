@@ -20,12 +20,7 @@ class UtcTimestamp(sa.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> int | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored")
-        delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return None if value is None else epoch_micros(value)
 
     def process_result_value(self, value: int | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
@@ -36,6 +31,15 @@ class UtcTimestamp(sa.TypeDecorator[datetime]):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_micros(value: datetime) -> int:
+    """The stored form of a timestamp (for statements that bypass the column type)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored")
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
 
 JsonDocument: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 """Free-form JSON: JSONB on PostgreSQL, JSON text on SQLite."""

@@ -2,14 +2,13 @@
 
 It wraps each method handler so that, in the handler's own task: undecodable request bytes
 become INVALID_BODY (grpc would answer INTERNAL), the bearer key is authenticated and the
-principal set for the servicer, unary calls run under a time bound, and every ReckonError is
-turned into its status by `status.to_grpc_status`. Anything else is logged under an incident id
-and answered INTERNAL without detail.
+principal set for the servicer, and every ReckonError is turned into its status by
+`status.to_grpc_status`. Anything else is logged under an incident id and answered INTERNAL
+without detail.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,9 +52,10 @@ def _check_decoded(message: Any) -> None:
 
 
 class EdgeInterceptor(aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticator, *, max_request_seconds: float) -> None:
+    def __init__(self, authenticate: Authenticator) -> None:
         self._authenticate = authenticate
-        self._max_request_seconds = max_request_seconds
+        # Wrapping is per method, not per call: handlers are built once and reused.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -64,11 +64,15 @@ class EdgeInterceptor(aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith(_PACKAGE_PREFIX):
             return handler
-        return self._wrap(handler, method)
+        wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
 
     def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         deserializer = _tolerant(handler.request_deserializer)
@@ -114,12 +118,7 @@ class EdgeInterceptor(aio.ServerInterceptor):
             try:
                 await self._enter(context)
                 _check_decoded(request)
-                remaining = context.time_remaining()
-                budget = self._max_request_seconds
-                if remaining is not None:
-                    budget = min(budget, remaining)
-                async with asyncio.timeout(budget):
-                    return await behavior(request, context)
+                return await behavior(request, context)
             except Exception as err:
                 await _abort(context, method, err)
 
@@ -154,8 +153,6 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, err: Excep
         raise err
     if isinstance(err, ReckonError):
         await context.abort_with_status(to_grpc_status(err))
-    if isinstance(err, TimeoutError):
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} took too long")
     if isinstance(err, NotImplementedError):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
     incident = uuid.uuid4().hex

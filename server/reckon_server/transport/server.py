@@ -96,9 +96,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
 
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     server = aio.server(
-        interceptors=[
-            EdgeInterceptor(authenticate, max_request_seconds=settings.max_request_seconds)
-        ],
+        interceptors=[EdgeInterceptor(authenticate)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

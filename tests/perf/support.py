@@ -1,0 +1,101 @@
+"""Shared pieces of the benchmarks: server processes, ports, latency summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.process.wait(), 30)
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident set size so far (VmHWM)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(li for li in status.splitlines() if li.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+
+async def start_reckon(database_url: str, admin_key: str, **env: str) -> ServerProcess:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reckon_server.cli",
+        "--database-url",
+        database_url,
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        env={**os.environ, "RECKON_ADMIN_KEY": admin_key, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await wait_ready(port)
+    return ServerProcess(process, port)
+
+
+async def start_module(module: str, *args: str) -> ServerProcess:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        str(port),
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await wait_ready(port)
+    return ServerProcess(process, port)
+
+
+async def wait_ready(port: int) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def summary(name: str, count: int, seconds: float, latencies: Sequence[float]) -> str:
+    return (
+        f"{name:<34} {count / seconds:>10,.0f}/s   p50 {percentile(latencies, 50) * 1e3:6.2f} ms"
+        f"   p99 {percentile(latencies, 99) * 1e3:6.2f} ms   mean "
+        f"{statistics.fmean(latencies) * 1e3:6.2f} ms"
+    )
