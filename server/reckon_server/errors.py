@@ -61,6 +61,11 @@ class FieldViolation:
 
 
 @dataclass(frozen=True)
+class DocumentViolation(FieldViolation):
+    """A free-form document (a Struct) that is too large or too deep: INVALID_BODY."""
+
+
+@dataclass(frozen=True)
 class Resource:
     """The resource a NOT_FOUND error is about."""
 

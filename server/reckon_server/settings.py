@@ -38,6 +38,15 @@ class Settings:
     keepalive_seconds: float = 30.0
     """Interval of server keepalive pings on idle connections."""
 
+    check_ttl_seconds: float = 900.0
+    """How long an approved governance check (and its reservation) stays valid."""
+
+    pacing_threshold_pct: int = 20
+    """Delivery pacing off plan by at least this much raises a budget_authority warning."""
+
+    suspend_on_critical: bool = False
+    """Suspend a plan when an outcome raises a critical finding (pending human review)."""
+
     auth_cache_seconds: float = 2.0
     """How long an authenticated key is trusted without a lookup. Revocations through the API
     take effect at once on every replica; this bounds only out-of-band revocations."""
@@ -64,6 +73,10 @@ class Settings:
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
     try:
+        if type_name == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
         if type_name == "float":
             return float(raw)
         if type_name == "int":

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from reckon_server.domain.documents import canonical_json, document_problem
-from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
+from reckon_server.errors import DocumentViolation, FieldViolation, Reason, ReckonError, invalid
 
 MAX_MESSAGE_BYTES = 4096
 MAX_ACTION_TYPE = 256
@@ -65,7 +65,7 @@ def validate_action(
         )
     problem = document_problem(metadata)
     if problem:
-        violations.append(FieldViolation("metadata", problem))
+        violations.append(DocumentViolation("metadata", problem))
     if len(data_accessed) > MAX_DATA_ACCESSED:
         violations.append(FieldViolation("data_accessed", f"at most {MAX_DATA_ACCESSED} entries"))
     for i, item in enumerate(data_accessed[:MAX_DATA_ACCESSED]):
@@ -76,8 +76,8 @@ def validate_action(
     if len(event_id) > MAX_EVENT_ID:
         violations.append(FieldViolation("event_id", f"at most {MAX_EVENT_ID} characters"))
     if violations:
-        oversized = problem is not None and len(violations) == 1
-        raise invalid(Reason.INVALID_BODY if oversized else Reason.INVALID_REQUEST, violations)
+        only_documents = all(isinstance(v, DocumentViolation) for v in violations)
+        raise invalid(Reason.INVALID_BODY if only_documents else Reason.INVALID_REQUEST, violations)
     return ActionRequest(action_type, metadata, tuple(data_accessed), event_id or None)
 
 

@@ -139,6 +139,134 @@ class ApprovalRow(Base):
     note: Mapped[str] = mapped_column(sa.Text)
 
 
+class PlanRow(Base):
+    """A campaign plan; its row lock serialises every budget-changing operation on it."""
+
+    __tablename__ = "plans"
+
+    org_id: Mapped[str] = mapped_column(sa.ForeignKey("orgs.org_id"), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("principals.principal_id"))
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    version: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    total_micros: Mapped[int] = mapped_column(sa.BigInteger)
+    committed_micros: Mapped[int] = mapped_column(sa.BigInteger)
+    document: Mapped[Any] = mapped_column(JsonDocument)
+    plan_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+    updated_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
+class CampaignRow(Base):
+    """One governed action of a plan, named by its server-issued governance_context."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["org_id", "plan_id"], ["plans.org_id", "plans.plan_id"]),
+        sa.Index("ix_campaigns_plan", "org_id", "plan_id"),
+        sa.Index("ix_campaigns_media_buy", "org_id", "plan_id", "media_buy_id"),
+    )
+
+    governance_context: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(sa.String(64))
+    plan_id: Mapped[str] = mapped_column(sa.String(255))
+    purchase_type: Mapped[int] = mapped_column(sa.SmallInteger)
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    media_buy_id: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    seller: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
+    committed_micros: Mapped[int] = mapped_column(sa.BigInteger)
+    settled: Mapped[bool] = mapped_column(sa.Boolean)
+    flight_start: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
+    flight_end: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
+    channels: Mapped[Any] = mapped_column(JsonDocument)
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
+class CheckRow(Base):
+    """A governance check; an approved, unexpired, unsettled, unsuperseded one reserves."""
+
+    __tablename__ = "governance_checks"
+    __table_args__ = (
+        sa.Index("ix_checks_plan", "org_id", "plan_id", "created_at"),
+        sa.Index("ix_checks_campaign", "governance_context"),
+    )
+
+    check_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(sa.String(64))
+    plan_id: Mapped[str] = mapped_column(sa.String(255))
+    governance_context: Mapped[str] = mapped_column(sa.String(64))
+    principal_id: Mapped[str] = mapped_column(sa.String(64))
+    purchase_type: Mapped[int] = mapped_column(sa.SmallInteger)
+    phase: Mapped[int] = mapped_column(sa.SmallInteger)
+    check_type: Mapped[int] = mapped_column(sa.SmallInteger)
+    decision: Mapped[int] = mapped_column(sa.SmallInteger)
+    amount_micros: Mapped[int] = mapped_column(sa.BigInteger)
+    reserves: Mapped[bool] = mapped_column(sa.Boolean)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
+    settled_by: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    superseded: Mapped[bool] = mapped_column(sa.Boolean)
+    findings_count: Mapped[int] = mapped_column(sa.Integer)
+    request: Mapped[Any] = mapped_column(JsonDocument)
+    response: Mapped[Any] = mapped_column(JsonDocument)
+    plan_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
+class PlanOutcomeRow(Base):
+    """An outcome report (completed, failed or delivery)."""
+
+    __tablename__ = "plan_outcomes"
+    __table_args__ = (sa.Index("ix_plan_outcomes_plan", "org_id", "plan_id", "created_at"),)
+
+    outcome_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(sa.String(64))
+    plan_id: Mapped[str] = mapped_column(sa.String(255))
+    check_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    governance_context: Mapped[str] = mapped_column(sa.String(64))
+    purchase_type: Mapped[int] = mapped_column(sa.SmallInteger)
+    outcome: Mapped[int] = mapped_column(sa.SmallInteger)
+    status: Mapped[int] = mapped_column(sa.SmallInteger)
+    committed_micros: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    findings_count: Mapped[int] = mapped_column(sa.Integer)
+    response: Mapped[Any] = mapped_column(JsonDocument)
+    plan_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
+class DeliveryPeriodRow(Base):
+    """Absolute delivery totals of one campaign for one reporting period: re-sending a
+    period replaces it, so spend is never counted twice."""
+
+    __tablename__ = "delivery_periods"
+
+    governance_context: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    period_start: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    period_end: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    org_id: Mapped[str] = mapped_column(sa.String(64))
+    plan_id: Mapped[str] = mapped_column(sa.String(255))
+    spend_micros: Mapped[int] = mapped_column(sa.BigInteger)
+    impressions: Mapped[int] = mapped_column(sa.BigInteger)
+    cpm_micros: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    viewability_rate: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    completion_rate: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    outcome_id: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class IdempotencyRow(Base):
+    """The stored response of an idempotent mutation, keyed by caller, RPC and key."""
+
+    __tablename__ = "idempotency"
+
+    principal_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    rpc: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    response: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
 orgs = cast(sa.Table, Org.__table__)
 principals = cast(sa.Table, PrincipalRow.__table__)
 api_keys = cast(sa.Table, ApiKeyRow.__table__)
@@ -146,3 +274,9 @@ audit_events = cast(sa.Table, AuditEventRow.__table__)
 audit_outcomes = cast(sa.Table, AuditOutcomeRow.__table__)
 audit_outcome_history = cast(sa.Table, AuditOutcomeRevisionRow.__table__)
 approvals = cast(sa.Table, ApprovalRow.__table__)
+plans = cast(sa.Table, PlanRow.__table__)
+campaigns = cast(sa.Table, CampaignRow.__table__)
+checks = cast(sa.Table, CheckRow.__table__)
+plan_outcomes = cast(sa.Table, PlanOutcomeRow.__table__)
+delivery_periods = cast(sa.Table, DeliveryPeriodRow.__table__)
+idempotency = cast(sa.Table, IdempotencyRow.__table__)

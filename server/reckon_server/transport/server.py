@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,7 @@ from reckon.v1 import (
 )
 from reckon_server.domain.principals import Role
 from reckon_server.services.audit import AuditLedger
+from reckon_server.services.governance import GovernanceLedger
 from reckon_server.services.keys import Authenticator
 from reckon_server.services.notify import Notifier
 from reckon_server.services.policies import PolicyStore
@@ -33,6 +35,7 @@ from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.transport.edge import EdgeInterceptor
 from reckon_server.transport.servicers.admin import AdminServicer
 from reckon_server.transport.servicers.audit import AuditServicer
+from reckon_server.transport.servicers.governance import GovernanceServicer
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,13 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     notifier = Notifier(bus)
     authenticate = Authenticator(database, notifier, ttl=settings.auth_cache_seconds)
     audit = AuditLedger(database, committer, policies, notifier)
+    governance = GovernanceLedger(
+        database,
+        notifier,
+        check_ttl=timedelta(seconds=settings.check_ttl_seconds),
+        pacing_threshold_pct=settings.pacing_threshold_pct,
+        suspend_on_critical=settings.suspend_on_critical,
+    )
 
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     server = aio.server(
@@ -109,14 +119,13 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(database, audit, authenticate), server
+        AdminServicer(database, audit, governance, authenticate), server
     )
-    # Governance and delivery behaviour land with their own modules; until then the generated
-    # base servicers answer UNIMPLEMENTED through the edge.
     governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
-        governance_service_pb2_grpc.GovernanceServiceServicer(),  # type: ignore[abstract]
-        server,
+        GovernanceServicer(governance), server
     )
+    # Delivery behaviour lands with its own module; until then the generated base servicer
+    # answers UNIMPLEMENTED through the edge.
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         delivery_service_pb2_grpc.DeliveryServiceServicer(),  # type: ignore[abstract]
         server,

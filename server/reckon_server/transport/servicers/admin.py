@@ -12,12 +12,14 @@ from reckon_server.domain.paging import decode_page_token, encode_page_token, pa
 from reckon_server.domain.principals import Role, validate_name
 from reckon_server.errors import FieldViolation, Reason, invalid, not_found
 from reckon_server.services.audit import AuditLedger
+from reckon_server.services.governance import GovernanceLedger
 from reckon_server.services.keys import Authenticator
 from reckon_server.storage import principals as principal_store
 from reckon_server.storage.database import Database
 from reckon_server.storage.principals import KeyRecord
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.context import current_admin
+from reckon_server.transport.governance_codec import encode_plan_state, terms_from_document
 from reckon_server.transport.servicers.audit import encode_approval
 
 Context = aio.ServicerContext[Any, Any]
@@ -26,10 +28,15 @@ _LIST_AGENTS = "agents"
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, database: Database, audit: AuditLedger, authenticator: Authenticator
+        self,
+        database: Database,
+        audit: AuditLedger,
+        governance: GovernanceLedger,
+        authenticator: Authenticator,
     ) -> None:
         self._db = database
         self._audit = audit
+        self._governance = governance
         self._authenticator = authenticator
 
     async def RegisterAgent(
@@ -102,8 +109,12 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     async def SetPlanStatus(
         self, request: pb.SetPlanStatusRequest, context: Context
     ) -> pb.SetPlanStatusResponse:
-        current_admin("SetPlanStatus")
-        raise NotImplementedError
+        admin = current_admin("SetPlanStatus")
+        view = await self._governance.set_status(
+            admin, request.plan_id, int(request.status), request.reason
+        )
+        terms = terms_from_document(view.plan.document)
+        return pb.SetPlanStatusResponse(state=encode_plan_state(view, terms))
 
     async def VerifyAuditChain(
         self, request: pb.VerifyAuditChainRequest, context: Context

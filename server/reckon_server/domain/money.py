@@ -1,0 +1,54 @@
+"""Exact money. Amounts are integer micros (1 unit = 1,000,000 micros) everywhere but in AdCP
+JSON and finding details, which speak currency units."""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from typing import Any
+
+MICROS = 1_000_000
+MAX_AMOUNT_MICROS = 10**17
+"""Largest single amount (100 billion units): sums of many stay far inside int64."""
+
+_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
+
+
+def units_to_micros(value: Any) -> int | None:
+    """Micros of a JSON number of currency units, or None when it is not a finite,
+    non-negative number with at most 6 decimals within MAX_AMOUNT_MICROS."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    # repr() of a float is the shortest decimal that round-trips, so 0.1 stays 0.1.
+    micros = Decimal(repr(value)) * MICROS
+    if micros != micros.to_integral_value() or not 0 <= micros <= MAX_AMOUNT_MICROS:
+        return None
+    return int(micros)
+
+
+def micros_to_units(micros: int | Fraction) -> int | float:
+    """Currency units for finding details: an int when whole, else a float."""
+    units = Fraction(micros) / MICROS
+    return int(units) if units.denominator == 1 else float(units)
+
+
+def round_half_up(value: Fraction) -> int:
+    return int(
+        (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal(1), ROUND_HALF_UP)
+    )
+
+
+def round_units(micros: Fraction | int) -> int:
+    """Whole currency units, half up (as the seed's pacing figures)."""
+    return round_half_up(Fraction(micros) / MICROS)
+
+
+def format_money(micros: int, currency: str) -> str:
+    """ "$150,000" for USD, "150,000.5 JPY" for currencies without a symbol here."""
+    units = Decimal(micros) / MICROS
+    text = f"{units:,.2f}".removesuffix(".00")
+    symbol = _SYMBOLS.get(currency)
+    return f"{symbol}{text}" if symbol else f"{text} {currency}"

@@ -1,0 +1,489 @@
+"""Plans, campaigns, checks, outcomes and delivery periods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reckon_server.storage.schema import (
+    campaigns,
+    checks,
+    delivery_periods,
+    idempotency,
+    plan_outcomes,
+    plans,
+)
+from reckon_server.storage.sql import insert
+from reckon_server.storage.types import epoch_micros
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    org_id: str
+    plan_id: str
+    owner_id: str
+    status: int
+    version: int
+    currency: str
+    total_micros: int
+    committed_micros: int
+    document: dict[str, Any]
+    plan_hash: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredCampaign:
+    governance_context: str
+    plan_id: str
+    purchase_type: int
+    status: int
+    media_buy_id: str | None
+    seller: str | None
+    committed_micros: int
+    settled: bool
+    flight_start: datetime | None
+    flight_end: datetime | None
+    channels: list[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredCheck:
+    check_id: str
+    plan_id: str
+    governance_context: str
+    purchase_type: int
+    phase: int
+    check_type: int
+    decision: int
+    amount_micros: int
+    reserves: bool
+    expires_at: datetime | None
+    settled_by: str | None
+    superseded: bool
+    findings_count: int
+    request: dict[str, Any]
+    response: dict[str, Any]
+    plan_hash: str
+    created_at: datetime
+
+
+def _plan(row: sa.Row[Any]) -> StoredPlan:
+    return StoredPlan(
+        row.org_id,
+        row.plan_id,
+        row.owner_id,
+        row.status,
+        row.version,
+        row.currency,
+        row.total_micros,
+        row.committed_micros,
+        row.document,
+        row.plan_hash,
+        row.updated_at,
+    )
+
+
+def _campaign(row: sa.Row[Any]) -> StoredCampaign:
+    return StoredCampaign(
+        row.governance_context,
+        row.plan_id,
+        row.purchase_type,
+        row.status,
+        row.media_buy_id,
+        row.seller,
+        row.committed_micros,
+        row.settled,
+        row.flight_start,
+        row.flight_end,
+        row.channels,
+        row.created_at,
+    )
+
+
+def _check(row: sa.Row[Any]) -> StoredCheck:
+    return StoredCheck(
+        row.check_id,
+        row.plan_id,
+        row.governance_context,
+        row.purchase_type,
+        row.phase,
+        row.check_type,
+        row.decision,
+        row.amount_micros,
+        row.reserves,
+        row.expires_at,
+        row.settled_by,
+        row.superseded,
+        row.findings_count,
+        row.request,
+        row.response,
+        row.plan_hash,
+        row.created_at,
+    )
+
+
+async def lock_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredPlan | None:
+    """The plan, row-locked for the rest of the transaction (PostgreSQL; SQLite's writer is
+    already exclusive): every budget change of a plan is serialised here."""
+    row = (
+        await conn.execute(
+            sa.select(plans)
+            .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+            .with_for_update()
+        )
+    ).first()
+    return None if row is None else _plan(row)
+
+
+async def get_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredPlan | None:
+    row = (
+        await conn.execute(
+            sa.select(plans).where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+        )
+    ).first()
+    return None if row is None else _plan(row)
+
+
+async def insert_plan(conn: AsyncConnection, plan: StoredPlan, now: datetime) -> None:
+    await conn.execute(
+        sa.insert(plans).values(
+            org_id=plan.org_id,
+            plan_id=plan.plan_id,
+            owner_id=plan.owner_id,
+            status=plan.status,
+            version=plan.version,
+            currency=plan.currency,
+            total_micros=plan.total_micros,
+            committed_micros=0,
+            document=plan.document,
+            plan_hash=plan.plan_hash,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def update_plan(conn: AsyncConnection, org_id: str, plan_id: str, **values: Any) -> None:
+    await conn.execute(
+        sa.update(plans)
+        .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+        .values(**values)
+    )
+
+
+async def campaign(
+    conn: AsyncConnection, org_id: str, plan_id: str, governance_context: str
+) -> StoredCampaign | None:
+    row = (
+        await conn.execute(
+            sa.select(campaigns).where(
+                campaigns.c.governance_context == governance_context,
+                campaigns.c.org_id == org_id,
+                campaigns.c.plan_id == plan_id,
+            )
+        )
+    ).first()
+    return None if row is None else _campaign(row)
+
+
+async def campaign_by_media_buy(
+    conn: AsyncConnection, org_id: str, plan_id: str, media_buy_id: str
+) -> StoredCampaign | None:
+    row = (
+        await conn.execute(
+            sa.select(campaigns).where(
+                campaigns.c.org_id == org_id,
+                campaigns.c.plan_id == plan_id,
+                campaigns.c.media_buy_id == media_buy_id,
+            )
+        )
+    ).first()
+    return None if row is None else _campaign(row)
+
+
+async def campaign_plan(conn: AsyncConnection, org_id: str, governance_context: str) -> str | None:
+    found = await conn.scalar(
+        sa.select(campaigns.c.plan_id).where(
+            campaigns.c.org_id == org_id, campaigns.c.governance_context == governance_context
+        )
+    )
+    return None if found is None else str(found)
+
+
+async def plan_campaigns(conn: AsyncConnection, org_id: str, plan_id: str) -> list[StoredCampaign]:
+    rows = await conn.execute(
+        sa.select(campaigns)
+        .where(campaigns.c.org_id == org_id, campaigns.c.plan_id == plan_id)
+        .order_by(campaigns.c.created_at, campaigns.c.governance_context)
+    )
+    return [_campaign(r) for r in rows]
+
+
+async def insert_campaign(conn: AsyncConnection, org_id: str, campaign_row: StoredCampaign) -> None:
+    await conn.execute(
+        sa.insert(campaigns).values(
+            governance_context=campaign_row.governance_context,
+            org_id=org_id,
+            plan_id=campaign_row.plan_id,
+            purchase_type=campaign_row.purchase_type,
+            status=campaign_row.status,
+            media_buy_id=campaign_row.media_buy_id,
+            seller=campaign_row.seller,
+            committed_micros=campaign_row.committed_micros,
+            settled=campaign_row.settled,
+            flight_start=campaign_row.flight_start,
+            flight_end=campaign_row.flight_end,
+            channels=campaign_row.channels,
+            created_at=campaign_row.created_at,
+        )
+    )
+
+
+async def update_campaign(conn: AsyncConnection, governance_context: str, **values: Any) -> None:
+    await conn.execute(
+        sa.update(campaigns)
+        .where(campaigns.c.governance_context == governance_context)
+        .values(**values)
+    )
+
+
+def _active(now: datetime) -> Any:
+    """Checks whose amount is reserved right now."""
+    return sa.and_(
+        checks.c.reserves.is_(True),
+        checks.c.settled_by.is_(None),
+        checks.c.superseded.is_(False),
+        checks.c.expires_at > now,
+    )
+
+
+async def reservations(
+    conn: AsyncConnection, org_id: str, plan_id: str, now: datetime
+) -> dict[str, int]:
+    """Reserved micros per campaign (governance_context)."""
+    rows = await conn.execute(
+        sa.select(checks.c.governance_context, sa.func.sum(checks.c.amount_micros))
+        .where(checks.c.org_id == org_id, checks.c.plan_id == plan_id, _active(now))
+        .group_by(checks.c.governance_context)
+    )
+    return {context: int(total or 0) for context, total in rows}
+
+
+async def insert_check(
+    conn: AsyncConnection, org_id: str, principal_id: str, stored: StoredCheck
+) -> None:
+    await conn.execute(
+        sa.insert(checks).values(
+            check_id=stored.check_id,
+            org_id=org_id,
+            plan_id=stored.plan_id,
+            governance_context=stored.governance_context,
+            principal_id=principal_id,
+            purchase_type=stored.purchase_type,
+            phase=stored.phase,
+            check_type=stored.check_type,
+            decision=stored.decision,
+            amount_micros=stored.amount_micros,
+            reserves=stored.reserves,
+            expires_at=stored.expires_at,
+            settled_by=None,
+            superseded=False,
+            findings_count=stored.findings_count,
+            request=stored.request,
+            response=stored.response,
+            plan_hash=stored.plan_hash,
+            created_at=stored.created_at,
+        )
+    )
+
+
+async def supersede_checks(
+    conn: AsyncConnection, governance_context: str, keep_check_id: str | None
+) -> None:
+    """End the reservations of a campaign's other unsettled checks."""
+    query = sa.update(checks).where(
+        checks.c.governance_context == governance_context, checks.c.settled_by.is_(None)
+    )
+    if keep_check_id is not None:
+        query = query.where(checks.c.check_id != keep_check_id)
+    await conn.execute(query.values(superseded=True))
+
+
+async def get_check(
+    conn: AsyncConnection, org_id: str, plan_id: str, check_id: str
+) -> StoredCheck | None:
+    row = (
+        await conn.execute(
+            sa.select(checks).where(
+                checks.c.check_id == check_id,
+                checks.c.org_id == org_id,
+                checks.c.plan_id == plan_id,
+            )
+        )
+    ).first()
+    return None if row is None else _check(row)
+
+
+async def latest_approved_check(
+    conn: AsyncConnection, governance_context: str
+) -> StoredCheck | None:
+    row = (
+        await conn.execute(
+            sa.select(checks)
+            .where(checks.c.governance_context == governance_context, checks.c.decision == 1)
+            .order_by(checks.c.created_at.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else _check(row)
+
+
+async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) -> bool:
+    """Settle a check once; False when it was already settled."""
+    result = await conn.execute(
+        sa.update(checks)
+        .where(checks.c.check_id == check_id, checks.c.settled_by.is_(None))
+        .values(settled_by=outcome_id)
+    )
+    return result.rowcount == 1
+
+
+async def plan_checks(conn: AsyncConnection, org_id: str, plan_id: str) -> list[StoredCheck]:
+    rows = await conn.execute(
+        sa.select(checks)
+        .where(checks.c.org_id == org_id, checks.c.plan_id == plan_id)
+        .order_by(checks.c.created_at, checks.c.check_id)
+    )
+    return [_check(r) for r in rows]
+
+
+async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(sa.insert(plan_outcomes).values(**values))
+
+
+async def plan_outcome_rows(conn: AsyncConnection, org_id: str, plan_id: str) -> list[sa.Row[Any]]:
+    return list(
+        await conn.execute(
+            sa.select(plan_outcomes)
+            .where(plan_outcomes.c.org_id == org_id, plan_outcomes.c.plan_id == plan_id)
+            .order_by(plan_outcomes.c.created_at, plan_outcomes.c.outcome_id)
+        )
+    )
+
+
+async def record_delivery(
+    conn: AsyncConnection,
+    *,
+    org_id: str,
+    plan_id: str,
+    governance_context: str,
+    period_start: datetime,
+    period_end: datetime,
+    spend_micros: int,
+    impressions: int,
+    cpm_micros: int | None,
+    viewability_rate: float | None,
+    completion_rate: float | None,
+    outcome_id: str,
+    now: datetime,
+) -> int:
+    """Store a period's absolute totals (replacing an earlier report of the same period) and
+    return the campaign's cumulative spend."""
+    values = {
+        "governance_context": governance_context,
+        "period_start": epoch_micros(period_start),
+        "period_end": epoch_micros(period_end),
+        "org_id": org_id,
+        "plan_id": plan_id,
+        "spend_micros": spend_micros,
+        "impressions": impressions,
+        "cpm_micros": cpm_micros,
+        "viewability_rate": viewability_rate,
+        "completion_rate": completion_rate,
+        "outcome_id": outcome_id,
+        "updated_at": epoch_micros(now),
+    }
+    statement = insert(conn, delivery_periods).values(values)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["governance_context", "period_start", "period_end"],
+            set_={
+                k: statement.excluded[k]
+                for k in values
+                if k not in ("governance_context", "period_start", "period_end")
+            },
+        )
+    )
+    return await campaign_spend(conn, governance_context)
+
+
+async def campaign_spend(conn: AsyncConnection, governance_context: str) -> int:
+    total = await conn.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(delivery_periods.c.spend_micros), 0)).where(
+            delivery_periods.c.governance_context == governance_context
+        )
+    )
+    return int(total or 0)
+
+
+async def spend_by_campaign(conn: AsyncConnection, org_id: str, plan_id: str) -> dict[str, int]:
+    rows = await conn.execute(
+        sa.select(
+            delivery_periods.c.governance_context, sa.func.sum(delivery_periods.c.spend_micros)
+        )
+        .where(delivery_periods.c.org_id == org_id, delivery_periods.c.plan_id == plan_id)
+        .group_by(delivery_periods.c.governance_context)
+    )
+    return {context: int(total or 0) for context, total in rows}
+
+
+async def check_counts(conn: AsyncConnection, org_id: str, plan_id: str) -> dict[str, int]:
+    rows = await conn.execute(
+        sa.select(checks.c.governance_context, sa.func.count())
+        .where(checks.c.org_id == org_id, checks.c.plan_id == plan_id)
+        .group_by(checks.c.governance_context)
+    )
+    return {context: int(count) for context, count in rows}
+
+
+async def stored_response(
+    conn: AsyncConnection, principal_id: str, rpc: str, key: str
+) -> tuple[str, bytes] | None:
+    row = (
+        await conn.execute(
+            sa.select(idempotency.c.request_hash, idempotency.c.response).where(
+                idempotency.c.principal_id == principal_id,
+                idempotency.c.rpc == rpc,
+                idempotency.c.idempotency_key == key,
+            )
+        )
+    ).first()
+    return None if row is None else (row.request_hash, bytes(row.response))
+
+
+async def store_response(
+    conn: AsyncConnection,
+    *,
+    principal_id: str,
+    rpc: str,
+    key: str,
+    request_hash: str,
+    response: bytes,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        sa.insert(idempotency).values(
+            principal_id=principal_id,
+            rpc=rpc,
+            idempotency_key=key,
+            request_hash=request_hash,
+            response=response,
+            created_at=now,
+        )
+    )

@@ -1,0 +1,158 @@
+"""GetPlanAuditLogs: a plan's checks and outcomes as AdCP's audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reckon.v1 import governance_service_pb2 as pb
+from reckon.v1 import types_pb2
+from reckon_server.domain.governance import Decision
+from reckon_server.services.governance import CheckType, PlanView, finding_from_document
+from reckon_server.storage.governance import StoredCheck
+from reckon_server.transport.codec import to_timestamp
+from reckon_server.transport.governance_codec import encode_finding
+
+
+@dataclass(frozen=True)
+class AuditScope:
+    """Which entries to include: empty sets mean all."""
+
+    governance_contexts: set[str]
+    purchase_types: set[int]
+    include_entries: bool
+
+    def keeps(self, governance_context: str, purchase_type: int) -> bool:
+        return (
+            not self.governance_contexts or governance_context in self.governance_contexts
+        ) and (not self.purchase_types or purchase_type in self.purchase_types)
+
+
+def encode_audit_log(
+    view: PlanView, all_checks: list[StoredCheck], all_outcomes: list[Any], scope: AuditScope
+) -> pb.PlanAuditLog:
+    plan = view.plan
+    checks = [c for c in all_checks if scope.keeps(c.governance_context, c.purchase_type)]
+    outcomes = [o for o in all_outcomes if scope.keeps(o.governance_context, o.purchase_type)]
+    decisions = [c.decision for c in checks]
+    approved = decisions.count(int(Decision.APPROVED))
+    return pb.PlanAuditLog(
+        plan_id=plan.plan_id,
+        plan_version=plan.version,
+        status=plan.status,  # type: ignore[arg-type]
+        budget=pb.BudgetState(
+            authorized_micros=plan.total_micros,
+            committed_micros=plan.committed_micros,
+            remaining_micros=plan.total_micros - plan.committed_micros,
+            utilization_pct=_pct(plan.committed_micros, plan.total_micros),
+        ),
+        channel_allocation=_channel_allocation(view),
+        summary=pb.AuditSummary(
+            checks_performed=len(checks),
+            outcomes_reported=len(outcomes),
+            statuses=pb.DecisionCounts(
+                approved=approved,
+                denied=decisions.count(int(Decision.DENIED)),
+                conditions=decisions.count(int(Decision.CONDITIONS)),
+            ),
+            findings_count=sum(c.findings_count for c in checks)
+            + sum(o.findings_count for o in outcomes),
+            drift_metrics=pb.DriftMetrics(
+                auto_approval_rate=approved / len(checks) if checks else 0.0
+            ),
+        ),
+        entries=_entries(plan.plan_id, checks, outcomes) if scope.include_entries else [],
+        governed_actions=[
+            pb.GovernedAction(
+                governance_context=c.governance_context,
+                purchase_type=c.purchase_type,  # type: ignore[arg-type]
+                status=c.status,  # type: ignore[arg-type]
+                committed_micros=c.committed_micros,
+                check_count=view.check_counts.get(c.governance_context, 0),
+                seller_reference=c.media_buy_id or "",
+            )
+            for c in view.campaigns
+            if scope.keeps(c.governance_context, c.purchase_type)
+        ],
+    )
+
+
+def _pct(part: int, whole: int) -> float:
+    return 100 * part / whole if whole else 0.0
+
+
+def _channel_allocation(view: PlanView) -> list[pb.ChannelAllocation]:
+    """A campaign's commitment split evenly over the channels it delivers on."""
+    committed: dict[int, int] = {}
+    for campaign in view.campaigns:
+        if campaign.committed_micros and campaign.channels:
+            share = campaign.committed_micros // len(campaign.channels)
+            for name in campaign.channels:
+                number = types_pb2.Channel.Value("CHANNEL_" + name.upper())
+                committed[number] = committed.get(number, 0) + share
+    return [
+        pb.ChannelAllocation(
+            channel=channel,  # type: ignore[arg-type]
+            committed_micros=amount,
+            pct=_pct(amount, view.plan.total_micros),
+        )
+        for channel, amount in sorted(committed.items())
+    ]
+
+
+def _entries(plan_id: str, checks: list[StoredCheck], outcomes: list[Any]) -> list[pb.AuditEntry]:
+    entries: list[tuple[Any, str, pb.AuditEntry]] = []
+    for c in checks:
+        entries.append(
+            (
+                c.created_at,
+                c.check_id,
+                pb.AuditEntry(
+                    id=c.check_id,
+                    type=pb.AUDIT_ENTRY_TYPE_CHECK,
+                    timestamp=to_timestamp(c.created_at),
+                    plan_id=plan_id,
+                    caller=c.request.get("caller", ""),
+                    tool=c.request.get("tool", ""),
+                    status=c.decision,  # type: ignore[arg-type]
+                    check_type=pb.CHECK_TYPE_EXECUTION
+                    if c.check_type == CheckType.EXECUTION
+                    else pb.CHECK_TYPE_INTENT,
+                    mode=pb.GOVERNANCE_MODE_ENFORCE,
+                    explanation=c.response.get("explanation", ""),
+                    categories_evaluated=c.response.get("categories_evaluated", []),
+                    findings=[
+                        encode_finding(finding_from_document(f))
+                        for f in c.response.get("findings", [])
+                    ],
+                    governance_context=c.governance_context,
+                    plan_hash=c.plan_hash,
+                    purchase_type=c.purchase_type,  # type: ignore[arg-type]
+                ),
+            )
+        )
+    for o in outcomes:
+        entries.append(
+            (
+                o.created_at,
+                o.outcome_id,
+                pb.AuditEntry(
+                    id=o.outcome_id,
+                    type=pb.AUDIT_ENTRY_TYPE_OUTCOME,
+                    timestamp=to_timestamp(o.created_at),
+                    plan_id=plan_id,
+                    outcome=o.outcome,
+                    committed_budget_micros=o.committed_micros,
+                    findings=[
+                        encode_finding(finding_from_document(f))
+                        for f in o.response.get("findings", [])
+                    ],
+                    governance_context=o.governance_context,
+                    plan_hash=o.plan_hash,
+                    purchase_type=o.purchase_type,
+                    outcome_status=o.status,
+                ),
+            )
+        )
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return [entry for _, _, entry in entries]

@@ -1,0 +1,159 @@
+"""GovernanceService: decode, call the governance ledger, encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+
+from reckon.v1 import governance_service_pb2 as pb
+from reckon.v1 import governance_service_pb2_grpc
+from reckon_server.errors import FieldViolation, Reason, invalid
+from reckon_server.services.governance import GovernanceLedger, OutcomeResult
+from reckon_server.transport import governance_codec as codec
+from reckon_server.transport.audit_logs import AuditScope, encode_audit_log
+from reckon_server.transport.codec import python_to_value, to_timestamp
+from reckon_server.transport.context import current_principal
+
+Context = aio.ServicerContext[Any, Any]
+CATEGORIES = ("budget_authority", "strategic_alignment", "seller_verification")
+
+
+class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
+    def __init__(self, ledger: GovernanceLedger) -> None:
+        self._ledger = ledger
+
+    async def SyncPlans(
+        self, request: pb.SyncPlansRequest, context: Context
+    ) -> pb.SyncPlansResponse:
+        syncs = codec.validate_sync(request)
+
+        def render(versions: list[tuple[str, int]]) -> bytes:
+            return pb.SyncPlansResponse(
+                plans=[
+                    pb.PlanSyncResult(
+                        plan_id=plan_id,
+                        status=pb.PLAN_SYNC_STATUS_ACTIVE,
+                        version=version,
+                        categories=[
+                            pb.CategoryStatus(category_id=c, active=True) for c in CATEGORIES
+                        ],
+                        resolved_policies=[
+                            pb.ResolvedPolicy(
+                                policy_id=p,
+                                source=pb.POLICY_SOURCE_EXPLICIT,
+                                enforcement="must",
+                                reason="named in the plan's policy_ids",
+                            )
+                            for p in sync.document.get("policy_ids", [])
+                        ],
+                    )
+                    for (plan_id, version), sync in zip(versions, syncs, strict=True)
+                ],
+                context=request.context if request.HasField("context") else None,
+            ).SerializeToString()
+
+        stored, replayed = await self._ledger.sync_plans(
+            current_principal(),
+            request.idempotency_key,
+            codec.request_hash(request),
+            syncs,
+            render,
+        )
+        response = pb.SyncPlansResponse.FromString(stored)
+        response.replayed = replayed
+        return response
+
+    async def CheckGovernance(
+        self, request: pb.CheckGovernanceRequest, context: Context
+    ) -> pb.CheckGovernanceResponse:
+        check = codec.validate_check(request)
+        result = await self._ledger.check(current_principal(), check, codec.terms_from_document)
+        verdict = result.verdict
+        return pb.CheckGovernanceResponse(
+            check_id=result.check_id,
+            status=int(verdict.decision),  # type: ignore[arg-type]
+            plan_id=result.plan_id,
+            explanation=verdict.explanation,
+            findings=[codec.encode_finding(f) for f in verdict.findings],
+            conditions=[
+                pb.Condition(
+                    field=c.field, required_value=python_to_value(c.required_value), reason=c.reason
+                )
+                for c in verdict.conditions
+            ],
+            expires_at=to_timestamp(result.expires_at),
+            categories_evaluated=verdict.categories_evaluated,
+            mode=pb.GOVERNANCE_MODE_ENFORCE,
+            governance_context=result.governance_context,
+            reserved_micros=result.reserved_micros,
+            context=request.context if request.HasField("context") else None,
+        )
+
+    async def ReportPlanOutcome(
+        self, request: pb.ReportPlanOutcomeRequest, context: Context
+    ) -> pb.ReportPlanOutcomeResponse:
+        outcome = codec.validate_outcome(request)
+
+        def render(result: OutcomeResult) -> bytes:
+            response = pb.ReportPlanOutcomeResponse(
+                outcome_id=result.outcome_id,
+                status=result.status,  # type: ignore[arg-type]
+                committed_budget_micros=result.committed_micros,
+                findings=[codec.encode_finding(f) for f in result.findings],
+                context=request.context if request.HasField("context") else None,
+            )
+            if result.total_committed_micros is not None:
+                response.plan_summary.total_committed_micros = result.total_committed_micros
+                response.plan_summary.budget_remaining_micros = result.budget_remaining_micros or 0
+            return response.SerializeToString()
+
+        stored, replayed = await self._ledger.report_outcome(
+            current_principal(), outcome, codec.terms_from_document, render
+        )
+        response = pb.ReportPlanOutcomeResponse.FromString(stored)
+        response.replayed = replayed
+        return response
+
+    async def GetPlan(self, request: pb.GetPlanRequest, context: Context) -> pb.GetPlanResponse:
+        if not request.plan_id:
+            raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_id", "required")])
+        view = await self._ledger.plan_view(current_principal(), request.plan_id)
+        return pb.GetPlanResponse(
+            plan=codec.plan_from_document(view.plan.document),
+            state=codec.encode_plan_state(view, codec.terms_from_document(view.plan.document)),
+        )
+
+    async def GetPlanAuditLogs(
+        self, request: pb.GetPlanAuditLogsRequest, context: Context
+    ) -> pb.GetPlanAuditLogsResponse:
+        principal = current_principal()
+        if not (request.plan_ids or request.portfolio_plan_ids or request.governance_contexts):
+            raise invalid(
+                Reason.INVALID_REQUEST,
+                [
+                    FieldViolation(
+                        "plan_ids", "name plan_ids, portfolio_plan_ids or governance_contexts"
+                    )
+                ],
+            )
+        if len(request.plan_ids) + len(request.portfolio_plan_ids) > 100:
+            raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_ids", "at most 100")])
+        plan_ids = list(dict.fromkeys(request.plan_ids))
+        for portfolio in request.portfolio_plan_ids:
+            for member in await self._ledger.portfolio_members(principal, portfolio):
+                if member not in plan_ids:
+                    plan_ids.append(member)
+        contexts = set(request.governance_contexts)
+        if not plan_ids:
+            plan_ids = await self._ledger.plans_of_contexts(principal, list(contexts))
+        scope = AuditScope(
+            set(request.governance_contexts), set(request.purchase_types), request.include_entries
+        )
+        logs = [
+            encode_audit_log(view, plan_checks, outcomes, scope)
+            for view, plan_checks, outcomes in await self._ledger.audit_views(principal, plan_ids)
+        ]
+        return pb.GetPlanAuditLogsResponse(
+            plans=logs, context=request.context if request.HasField("context") else None
+        )
