@@ -23,8 +23,39 @@ class Discrepancy:
 
 
 def discrepancies(requested: Action, received: Action, currency: str) -> list[Discrepancy]:
-    """Differences per package (matched by package_id, else by position), then channels and
-    flight. Amounts in details are currency units, as AdCP shows them."""
+    """Differences per package (matched by package_id, else by position), or in totals when
+    either side states none (a planned delivery states totals); then channels and flight.
+    Amounts in details are currency units, as AdCP shows them."""
+    if requested.packages and received.packages:
+        found = _packages(requested, received, currency)
+    else:
+        found = _totals(requested, received, currency)
+    return found + _delivery_terms(requested, received)
+
+
+def _money_change(path: str, asked: int, got: int, label: str, currency: str) -> Discrepancy:
+    verb = "reduced" if got < asked else "increased"
+    return Discrepancy(
+        path,
+        micros_to_units(asked),
+        micros_to_units(got),
+        f"{verb} budget{label} from {format_money(asked, currency)} to "
+        f"{format_money(got, currency)}",
+    )
+
+
+def _geo_change(path: str, asked: list[str], got: list[str], label: str) -> Discrepancy:
+    added = [c for c in got if c not in asked]
+    dropped = [c for c in asked if c not in got]
+    phrases = []
+    if added:
+        phrases.append(f"added geo targeting for {', '.join(added)}{label} that was not requested")
+    if dropped:
+        phrases.append(f"dropped geo targeting for {', '.join(dropped)}{label}")
+    return Discrepancy(path, asked, got, " and ".join(phrases))
+
+
+def _packages(requested: Action, received: Action, currency: str) -> list[Discrepancy]:
     found: list[Discrepancy] = []
     by_id = {p.package_id: p for p in received.packages if p.package_id}
     several = len(requested.packages) > 1
@@ -46,34 +77,39 @@ def discrepancies(requested: Action, received: Action, currency: str) -> list[Di
             and got.budget_micros is not None
             and (asked.budget_micros != got.budget_micros)
         ):
-            verb = "reduced" if got.budget_micros < asked.budget_micros else "increased"
             found.append(
-                Discrepancy(
-                    f"{path}.budget",
-                    micros_to_units(asked.budget_micros),
-                    micros_to_units(got.budget_micros),
-                    f"{verb} budget{label} from {format_money(asked.budget_micros, currency)} to "
-                    f"{format_money(got.budget_micros, currency)}",
+                _money_change(
+                    f"{path}.budget", asked.budget_micros, got.budget_micros, label, currency
                 )
             )
         if got.countries and set(got.countries) != set(asked.countries):
-            added = [c for c in got.countries if c not in asked.countries]
-            dropped = [c for c in asked.countries if c not in got.countries]
-            phrases = []
-            if added:
-                phrases.append(
-                    f"added geo targeting for {', '.join(added)}{label} that was not requested"
-                )
-            if dropped:
-                phrases.append(f"dropped geo targeting for {', '.join(dropped)}{label}")
             found.append(
-                Discrepancy(
+                _geo_change(
                     f"{path}.targeting_overlay.geo.include",
                     list(asked.countries),
                     list(got.countries),
-                    " and ".join(phrases),
+                    label,
                 )
             )
+    return found
+
+
+def _totals(requested: Action, received: Action, currency: str) -> list[Discrepancy]:
+    found = []
+    if requested.amount_micros != received.amount_micros:
+        found.append(
+            _money_change(
+                "total_budget", requested.amount_micros, received.amount_micros, "", currency
+            )
+        )
+    asked, got = sorted(requested.all_countries()), sorted(received.all_countries())
+    if got and asked != got:
+        found.append(_geo_change("geo.countries", asked, got, ""))
+    return found
+
+
+def _delivery_terms(requested: Action, received: Action) -> list[Discrepancy]:
+    found = []
     if (
         requested.channels
         and received.channels
@@ -100,21 +136,6 @@ def discrepancies(requested: Action, received: Action, currency: str) -> list[Di
                     f"moved the {name.replace('_', ' ')}",
                 )
             )
-    if (
-        not requested.packages
-        and requested.amount_micros
-        and (requested.amount_micros != received.amount_micros)
-    ):
-        verb = "reduced" if received.amount_micros < requested.amount_micros else "increased"
-        found.append(
-            Discrepancy(
-                "total_budget",
-                micros_to_units(requested.amount_micros),
-                micros_to_units(received.amount_micros),
-                f"{verb} budget from {format_money(requested.amount_micros, currency)} to "
-                f"{format_money(received.amount_micros, currency)}",
-            )
-        )
     return found
 
 
