@@ -24,8 +24,8 @@ from reckon.v1 import (
     audit_service_pb2_grpc,
     types_pb2,
 )
-from tests.perf.support import start_module, start_reckon, summary
 from tests.support.api import new_secret
+from tests.support.processes import start_module, start_reckon, summary
 
 EVENTS = 1000
 

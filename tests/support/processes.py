@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: server processes, ports, latency summaries."""
+"""Server processes for replica tests and benchmarks, and latency summaries."""
 
 from __future__ import annotations
 
