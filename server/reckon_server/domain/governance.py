@@ -7,7 +7,7 @@ the action is approved (informational findings may accompany an approval).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -88,6 +88,27 @@ class Verdict:
     conditions: tuple[Condition, ...]
     categories_evaluated: tuple[str, ...]
     explanation: str
+
+
+def advisory_conditions(
+    findings: Sequence[Finding], conditions: Sequence[Condition]
+) -> list[Condition]:
+    """A CONDITIONS verdict always names what to change (AdCP requires at least one
+    condition): warnings no actionable condition covers become advisory ones."""
+    if conditions:
+        return []
+    return [
+        Condition(_FIELD_OF.get(f.category_id, f.category_id), None, f.explanation)
+        for f in findings
+        if f.severity is Severity.WARNING
+    ]
+
+
+_FIELD_OF = {
+    SELLER_VERIFICATION: "planned_delivery",
+    BUDGET_AUTHORITY: "total_budget",
+    STRATEGIC_ALIGNMENT: "targeting_overlay",
+}
 
 
 def evaluate(
@@ -284,6 +305,7 @@ def evaluate(
         explanation = " ".join(f.explanation for f in findings if f.severity is Severity.CRITICAL)
     elif any(f.severity is Severity.WARNING for f in findings):
         decision = Decision.CONDITIONS
+        conditions.extend(advisory_conditions(findings, conditions))
         explanation = "Adjust and check again: " + " ".join(
             f.explanation for f in findings if f.severity is Severity.WARNING
         )

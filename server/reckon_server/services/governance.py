@@ -12,7 +12,14 @@ from typing import Any
 from reckon_server.clock import utcnow
 from reckon_server.domain.actions import Action, Package
 from reckon_server.domain.findings import Finding, Severity, has_critical
-from reckon_server.domain.governance import Decision, Headroom, PlanTerms, Verdict, evaluate
+from reckon_server.domain.governance import (
+    Decision,
+    Headroom,
+    PlanTerms,
+    Verdict,
+    advisory_conditions,
+    evaluate,
+)
 from reckon_server.domain.pacing import (
     cpm_finding,
     overspend_finding,
@@ -434,7 +441,10 @@ class GovernanceLedger:
             else (Decision.CONDITIONS if findings else Decision.APPROVED)
         )
         explanation = " ".join(f.explanation for f in findings) or "Delivery is on plan."
-        return Verdict(decision, tuple(findings), (), ("budget_authority",), explanation)
+        conditions = advisory_conditions(findings, []) if decision is Decision.CONDITIONS else []
+        return Verdict(
+            decision, tuple(findings), tuple(conditions), ("budget_authority",), explanation
+        )
 
     # --- outcomes ----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
@@ -39,6 +40,10 @@ _REGION = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 _CONTEXT = re.compile(r"^[\x20-\x7e]{1,4096}$")
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
 MAX_PLANS = 100
+HUMAN_REVIEW_CATEGORIES = frozenset(
+    {"fair_housing", "fair_lending", "fair_employment", "pharmaceutical_advertising"}
+)
+"""Regulatory categories that AdCP requires human review for."""
 MAX_TEXT = 16 * 1024
 
 Violations = list[FieldViolation]
@@ -231,6 +236,16 @@ def _plan_sync(plan: pb.Plan, path: str, out: Violations) -> PlanSync:
     for j, region in enumerate(plan.regions):
         if not _REGION.match(region):
             out.append(FieldViolation(f"{path}.regions[{j}]", "must be an ISO 3166-2 code"))
+    needs_review = bool(set(plan.policy_categories) & HUMAN_REVIEW_CATEGORIES) or (
+        "eu_ai_act_annex_iii" in plan.policy_ids
+    )
+    if needs_review and not plan.human_review_required:
+        out.append(
+            FieldViolation(
+                f"{path}.human_review_required",
+                "must be true for the plan's policy categories or policies",
+            )
+        )
     if plan.min_audience_size < 0:
         out.append(FieldViolation(f"{path}.min_audience_size", "must be >= 0"))
     for j, delegation in enumerate(plan.delegations):
@@ -254,7 +269,9 @@ def _plan_sync(plan: pb.Plan, path: str, out: Violations) -> PlanSync:
     _document(plan, "audience", f"{path}.audience", out)
     _document(plan, "ext", f"{path}.ext", out)
     document = json_format.MessageToDict(plan, preserving_proto_field_name=True)
-    plan_hash = hashlib.sha256(canonical_json(document).encode()).hexdigest()
+    # AdCP's plan_hash: base64url, unpadded, of the SHA-256 of the canonical plan JSON.
+    digest = hashlib.sha256(canonical_json(document).encode()).digest()
+    plan_hash = base64.urlsafe_b64encode(digest).decode().rstrip("=")
     terms = terms_from_plan(plan) if not out else None
     return PlanSync(terms, document, plan_hash)  # type: ignore[arg-type]
 

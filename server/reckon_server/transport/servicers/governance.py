@@ -78,7 +78,12 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
             findings=[codec.encode_finding(f) for f in verdict.findings],
             conditions=[
                 pb.Condition(
-                    field=c.field, required_value=python_to_value(c.required_value), reason=c.reason
+                    field=c.field,
+                    # An advisory condition carries no required value (AdCP: absent).
+                    required_value=None
+                    if c.required_value is None
+                    else python_to_value(c.required_value),
+                    reason=c.reason,
                 )
                 for c in verdict.conditions
             ],
