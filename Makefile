@@ -40,6 +40,7 @@ deps: $(BIN)/.installed node_modules/.installed $(TOOLS)/protoc-gen-go $(TOOLS)/
 generate: deps
 	rm -rf generated/python/reckon generated/ts generated/go/reckon
 	$(BIN)/buf generate
+	$(BIN)/buf generate --template buf.gen.ts-rpc.yaml
 
 check-generated: generate
 	@if ! git diff --quiet -- generated || [ -n "$$(git ls-files --others --exclude-standard generated)" ]; then \

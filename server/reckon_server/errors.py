@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     KEY_NOT_FOUND = "KEY_NOT_FOUND"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    WATCH_LAGGING = "WATCH_LAGGING"
 
 
 class Recovery(enum.StrEnum):

@@ -47,6 +47,18 @@ class Settings:
     suspend_on_critical: bool = False
     """Suspend a plan when an outcome raises a critical finding (pending human review)."""
 
+    stream_window: int = 16
+    """Batches one delivery stream may have read but not acknowledged."""
+
+    stream_server_inflight: int = 256
+    """Delivery batches all streams together may have submitted but not committed."""
+
+    stream_idle_seconds: float = 300.0
+    """A delivery stream that sends nothing for this long is closed."""
+
+    watch_heartbeat_seconds: float = 15.0
+    """WatchPlan sends an event or a heartbeat at least this often."""
+
     auth_cache_seconds: float = 2.0
     """How long an authenticated key is trusted without a lookup. Revocations through the API
     take effect at once on every replica; this bounds only out-of-band revocations."""

@@ -130,3 +130,73 @@ def cpm_finding(spend_micros: int, impressions: int, cpm_micros: int | None) -> 
 
 def _iso_day(moment: datetime) -> str:
     return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_DAY_US = _DAY * 1_000_000
+
+
+def delivery_findings(
+    *,
+    committed_micros: int,
+    settled: bool,
+    flight_start: datetime,
+    flight_end: datetime,
+    currency: str,
+    period_start: datetime,
+    period_end: datetime,
+    spend_micros: int,
+    impressions: int,
+    cpm_micros: int | None,
+    cumulative_micros: int,
+    threshold_pct: int = DEFAULT_THRESHOLD_PCT,
+) -> list[Finding]:
+    """Every finding of one delivery report: pacing, overspend and CPM consistency."""
+    findings: list[Finding] = []
+    if _may_be_off_pace(
+        committed=committed_micros,
+        flight_start=flight_start,
+        flight_end=flight_end,
+        period_end=period_end,
+        cumulative=cumulative_micros,
+        threshold_pct=threshold_pct,
+    ):
+        figures = pacing(
+            committed_micros=committed_micros,
+            flight_start=flight_start,
+            flight_end=flight_end,
+            period_start=period_start,
+            period_end=period_end,
+            period_spend_micros=spend_micros,
+            cumulative_spend_micros=cumulative_micros,
+        )
+        finding = pacing_finding(figures, threshold_pct) if figures is not None else None
+        if finding is not None:
+            findings.append(finding)
+    if settled:
+        over = overspend_finding(cumulative_micros, committed_micros, currency)
+        if over is not None:
+            findings.append(over)
+    inconsistent = cpm_finding(spend_micros, impressions, cpm_micros)
+    if inconsistent is not None:
+        findings.append(inconsistent)
+    return findings
+
+
+def _may_be_off_pace(
+    *,
+    committed: int,
+    flight_start: datetime,
+    flight_end: datetime,
+    period_end: datetime,
+    cumulative: int,
+    threshold_pct: int,
+) -> bool:
+    """A float estimate of |overpace|, with a margin, so that the exact rational arithmetic
+    runs only for reports near or past the threshold (streams carry many on-plan reports)."""
+    flight_days = (flight_end - flight_start).total_seconds() / _DAY
+    elapsed_days = (period_end - flight_start).total_seconds() / _DAY
+    if committed <= 0 or flight_days <= 0 or elapsed_days <= 0:
+        return False
+    weeks = max(1, math.floor(flight_days / _WEEK + 0.5))
+    expected = committed / weeks * elapsed_days / _WEEK
+    return abs((cumulative / expected - 1) * 100) >= threshold_pct - 1

@@ -20,12 +20,7 @@ from reckon_server.domain.governance import (
     advisory_conditions,
     evaluate,
 )
-from reckon_server.domain.pacing import (
-    cpm_finding,
-    overspend_finding,
-    pacing,
-    pacing_finding,
-)
+from reckon_server.domain.pacing import delivery_findings
 from reckon_server.domain.principals import Principal
 from reckon_server.domain.reconciliation import over_commitment, seller_verification
 from reckon_server.errors import (
@@ -680,29 +675,20 @@ class GovernanceLedger:
         figures: DeliveryFigures,
         cumulative_micros: int,
     ) -> list[Finding]:
-        findings: list[Finding] = []
-        figures_pacing = pacing(
+        return delivery_findings(
             committed_micros=target.committed_micros,
+            settled=target.settled,
             flight_start=target.flight_start or terms.flight_start,
             flight_end=target.flight_end or terms.flight_end,
+            currency=terms.currency,
             period_start=figures.period_start,
             period_end=figures.period_end,
-            period_spend_micros=figures.spend_micros,
-            cumulative_spend_micros=cumulative_micros,
+            spend_micros=figures.spend_micros,
+            impressions=figures.impressions,
+            cpm_micros=figures.cpm_micros,
+            cumulative_micros=cumulative_micros,
+            threshold_pct=self._pacing_threshold,
         )
-        if figures_pacing is not None:
-            finding = pacing_finding(figures_pacing, self._pacing_threshold)
-            if finding is not None:
-                findings.append(finding)
-        for extra in (
-            overspend_finding(cumulative_micros, target.committed_micros, terms.currency)
-            if target.settled
-            else None,
-            cpm_finding(figures.spend_micros, figures.impressions, figures.cpm_micros),
-        ):
-            if extra is not None:
-                findings.append(extra)
-        return findings
 
     # --- reads -------------------------------------------------------------------------------
 

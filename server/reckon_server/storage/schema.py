@@ -254,6 +254,20 @@ class DeliveryPeriodRow(Base):
     updated_at: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class DeliveryStreamRow(Base):
+    """A producer's delivery stream: the next batch sequence number it has not committed, and
+    the generation of the connection that owns it (a newer connection fences older ones)."""
+
+    __tablename__ = "delivery_streams"
+
+    org_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    stream_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(sa.String(64))
+    generation: Mapped[int] = mapped_column(sa.BigInteger)
+    next_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+
+
 class IdempotencyRow(Base):
     """The stored response of an idempotent mutation, keyed by caller, RPC and key."""
 
@@ -280,3 +294,4 @@ checks = cast(sa.Table, CheckRow.__table__)
 plan_outcomes = cast(sa.Table, PlanOutcomeRow.__table__)
 delivery_periods = cast(sa.Table, DeliveryPeriodRow.__table__)
 idempotency = cast(sa.Table, IdempotencyRow.__table__)
+delivery_streams = cast(sa.Table, DeliveryStreamRow.__table__)

@@ -22,6 +22,7 @@ from reckon.v1 import (
 )
 from reckon_server.domain.principals import Role
 from reckon_server.services.audit import AuditLedger
+from reckon_server.services.delivery import DeliveryLedger, StreamLimits
 from reckon_server.services.governance import GovernanceLedger
 from reckon_server.services.keys import Authenticator
 from reckon_server.services.notify import Notifier
@@ -33,8 +34,10 @@ from reckon_server.storage.bus import ChangeBus
 from reckon_server.storage.database import Database
 from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.transport.edge import EdgeInterceptor
+from reckon_server.transport.governance_codec import terms_from_document
 from reckon_server.transport.servicers.admin import AdminServicer
 from reckon_server.transport.servicers.audit import AuditServicer
+from reckon_server.transport.servicers.delivery import DeliveryServicer
 from reckon_server.transport.servicers.governance import GovernanceServicer
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class ReckonServer:
     database: Database
     health: health.aio.HealthServicer
     committer: GroupCommitter
+    delivery: DeliveryLedger
     bus: ChangeBus
     policies: PolicyStore
     bootstrap_admin_key: str | None = None
@@ -70,6 +74,9 @@ class ReckonServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        # Delivery streams ack what they committed and end UNAVAILABLE/DRAINING, so producers
+        # resume elsewhere instead of being cut off mid-batch.
+        self.delivery.draining.set()
         await self.grpc_server.stop(grace)
         await self.committer.close()
         await self.bus.close()
@@ -103,6 +110,19 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         pacing_threshold_pct=settings.pacing_threshold_pct,
         suspend_on_critical=settings.suspend_on_critical,
     )
+    delivery = DeliveryLedger(
+        database,
+        committer,
+        notifier,
+        governance,
+        terms_of=terms_from_document,
+        pacing_threshold_pct=settings.pacing_threshold_pct,
+        limits=StreamLimits(
+            window=settings.stream_window,
+            server_inflight=settings.stream_server_inflight,
+            idle_seconds=settings.stream_idle_seconds,
+        ),
+    )
 
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     server = aio.server(
@@ -124,11 +144,8 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     governance_service_pb2_grpc.add_GovernanceServiceServicer_to_server(
         GovernanceServicer(governance), server
     )
-    # Delivery behaviour lands with its own module; until then the generated base servicer
-    # answers UNIMPLEMENTED through the edge.
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
-        delivery_service_pb2_grpc.DeliveryServiceServicer(),  # type: ignore[abstract]
-        server,
+        DeliveryServicer(delivery, heartbeat_seconds=settings.watch_heartbeat_seconds), server
     )
 
     health_servicer = health.aio.HealthServicer()
@@ -148,6 +165,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         database=database,
         health=health_servicer,
         committer=committer,
+        delivery=delivery,
         bus=bus,
         policies=policies,
         bootstrap_admin_key=bootstrap_key,

@@ -45,6 +45,7 @@ _CODES: dict[Reason, grpc.StatusCode] = {
     Reason.DRAINING: grpc.StatusCode.UNAVAILABLE,
     Reason.STORAGE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+    Reason.WATCH_LAGGING: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

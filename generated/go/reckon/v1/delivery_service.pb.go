@@ -7,6 +7,7 @@
 package reckonv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -551,6 +552,7 @@ type DeliveryResult struct {
 	// Types that are valid to be assigned to Result:
 	//
 	//	*DeliveryResult_Accepted
+	//	*DeliveryResult_Error
 	Result        isDeliveryResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -602,6 +604,15 @@ func (x *DeliveryResult) GetAccepted() *DeliveryAccepted {
 	return nil
 }
 
+func (x *DeliveryResult) GetError() *status.Status {
+	if x != nil {
+		if x, ok := x.Result.(*DeliveryResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
 type isDeliveryResult_Result interface {
 	isDeliveryResult_Result()
 }
@@ -611,7 +622,15 @@ type DeliveryResult_Accepted struct {
 	Accepted *DeliveryAccepted `protobuf:"bytes,1,opt,name=accepted,proto3,oneof"`
 }
 
+type DeliveryResult_Error struct {
+	// error when the report was refused, with the same code, reason and details as the unary
+	// ReportPlanOutcome would give; the rest of the batch is unaffected.
+	Error *status.Status `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
 func (*DeliveryResult_Accepted) isDeliveryResult_Result() {}
+
+func (*DeliveryResult_Error) isDeliveryResult_Result() {}
 
 // BatchAck answers one DeliveryBatch.
 type BatchAck struct {
@@ -622,6 +641,8 @@ type BatchAck struct {
 	Disposition BatchDisposition `protobuf:"varint,2,opt,name=disposition,proto3,enum=reckon.v1.BatchDisposition" json:"disposition,omitempty"`
 	// results per report, in batch order; present when COMMITTED.
 	Results []*DeliveryResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// error says why a batch was REJECTED.
+	Error *status.Status `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	// next_seq is the next sequence number the server expects.
 	NextSeq       int64 `protobuf:"varint,5,opt,name=next_seq,json=nextSeq,proto3" json:"next_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -675,6 +696,13 @@ func (x *BatchAck) GetDisposition() BatchDisposition {
 func (x *BatchAck) GetResults() []*DeliveryResult {
 	if x != nil {
 		return x.Results
+	}
+	return nil
+}
+
+func (x *BatchAck) GetError() *status.Status {
+	if x != nil {
+		return x.Error
 	}
 	return nil
 }
@@ -989,7 +1017,7 @@ var File_reckon_v1_delivery_service_proto protoreflect.FileDescriptor
 
 const file_reckon_v1_delivery_service_proto_rawDesc = "" +
 	"\n" +
-	" reckon/v1/delivery_service.proto\x12\treckon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15reckon/v1/types.proto\")\n" +
+	" reckon/v1/delivery_service.proto\x12\treckon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x15reckon/v1/types.proto\")\n" +
 	"\n" +
 	"StreamOpen\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\"\x8d\x01\n" +
@@ -1013,14 +1041,16 @@ const file_reckon_v1_delivery_service_proto_rawDesc = "" +
 	"\n" +
 	"outcome_id\x18\x01 \x01(\tR\toutcomeId\x124\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1c.reckon.v1.PlanOutcomeStatusR\x06status\x12.\n" +
-	"\bfindings\x18\x03 \x03(\v2\x12.reckon.v1.FindingR\bfindings\"U\n" +
+	"\bfindings\x18\x03 \x03(\v2\x12.reckon.v1.FindingR\bfindings\"\x81\x01\n" +
 	"\x0eDeliveryResult\x129\n" +
-	"\baccepted\x18\x01 \x01(\v2\x1b.reckon.v1.DeliveryAcceptedH\x00R\bacceptedB\b\n" +
-	"\x06result\"\xab\x01\n" +
+	"\baccepted\x18\x01 \x01(\v2\x1b.reckon.v1.DeliveryAcceptedH\x00R\baccepted\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x12.google.rpc.StatusH\x00R\x05errorB\b\n" +
+	"\x06result\"\xd5\x01\n" +
 	"\bBatchAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12=\n" +
 	"\vdisposition\x18\x02 \x01(\x0e2\x1b.reckon.v1.BatchDispositionR\vdisposition\x123\n" +
-	"\aresults\x18\x03 \x03(\v2\x19.reckon.v1.DeliveryResultR\aresults\x12\x19\n" +
+	"\aresults\x18\x03 \x03(\v2\x19.reckon.v1.DeliveryResultR\aresults\x12(\n" +
+	"\x05error\x18\x04 \x01(\v2\x12.google.rpc.StatusR\x05error\x12\x19\n" +
 	"\bnext_seq\x18\x05 \x01(\x03R\anextSeq\"|\n" +
 	"\x16StreamDeliveryResponse\x121\n" +
 	"\x06opened\x18\x01 \x01(\v2\x17.reckon.v1.StreamOpenedH\x00R\x06opened\x12'\n" +
@@ -1092,9 +1122,10 @@ var file_reckon_v1_delivery_service_proto_goTypes = []any{
 	(*DeliveryReport)(nil),         // 14: reckon.v1.DeliveryReport
 	(PlanOutcomeStatus)(0),         // 15: reckon.v1.PlanOutcomeStatus
 	(*Finding)(nil),                // 16: reckon.v1.Finding
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
-	(*PlanState)(nil),              // 18: reckon.v1.PlanState
-	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
+	(*status.Status)(nil),          // 17: google.rpc.Status
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*PlanState)(nil),              // 19: reckon.v1.PlanState
+	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
 }
 var file_reckon_v1_delivery_service_proto_depIdxs = []int32{
 	14, // 0: reckon.v1.PlanDelivery.delivery:type_name -> reckon.v1.DeliveryReport
@@ -1104,25 +1135,27 @@ var file_reckon_v1_delivery_service_proto_depIdxs = []int32{
 	15, // 4: reckon.v1.DeliveryAccepted.status:type_name -> reckon.v1.PlanOutcomeStatus
 	16, // 5: reckon.v1.DeliveryAccepted.findings:type_name -> reckon.v1.Finding
 	7,  // 6: reckon.v1.DeliveryResult.accepted:type_name -> reckon.v1.DeliveryAccepted
-	0,  // 7: reckon.v1.BatchAck.disposition:type_name -> reckon.v1.BatchDisposition
-	8,  // 8: reckon.v1.BatchAck.results:type_name -> reckon.v1.DeliveryResult
-	6,  // 9: reckon.v1.StreamDeliveryResponse.opened:type_name -> reckon.v1.StreamOpened
-	9,  // 10: reckon.v1.StreamDeliveryResponse.ack:type_name -> reckon.v1.BatchAck
-	1,  // 11: reckon.v1.PlanEvent.type:type_name -> reckon.v1.PlanEventType
-	17, // 12: reckon.v1.PlanEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	18, // 13: reckon.v1.PlanEvent.state:type_name -> reckon.v1.PlanState
-	16, // 14: reckon.v1.PlanEvent.findings:type_name -> reckon.v1.Finding
-	12, // 15: reckon.v1.WatchPlanResponse.event:type_name -> reckon.v1.PlanEvent
-	19, // 16: reckon.v1.WatchPlanResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	5,  // 17: reckon.v1.DeliveryService.StreamDelivery:input_type -> reckon.v1.StreamDeliveryRequest
-	11, // 18: reckon.v1.DeliveryService.WatchPlan:input_type -> reckon.v1.WatchPlanRequest
-	10, // 19: reckon.v1.DeliveryService.StreamDelivery:output_type -> reckon.v1.StreamDeliveryResponse
-	13, // 20: reckon.v1.DeliveryService.WatchPlan:output_type -> reckon.v1.WatchPlanResponse
-	19, // [19:21] is the sub-list for method output_type
-	17, // [17:19] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 7: reckon.v1.DeliveryResult.error:type_name -> google.rpc.Status
+	0,  // 8: reckon.v1.BatchAck.disposition:type_name -> reckon.v1.BatchDisposition
+	8,  // 9: reckon.v1.BatchAck.results:type_name -> reckon.v1.DeliveryResult
+	17, // 10: reckon.v1.BatchAck.error:type_name -> google.rpc.Status
+	6,  // 11: reckon.v1.StreamDeliveryResponse.opened:type_name -> reckon.v1.StreamOpened
+	9,  // 12: reckon.v1.StreamDeliveryResponse.ack:type_name -> reckon.v1.BatchAck
+	1,  // 13: reckon.v1.PlanEvent.type:type_name -> reckon.v1.PlanEventType
+	18, // 14: reckon.v1.PlanEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	19, // 15: reckon.v1.PlanEvent.state:type_name -> reckon.v1.PlanState
+	16, // 16: reckon.v1.PlanEvent.findings:type_name -> reckon.v1.Finding
+	12, // 17: reckon.v1.WatchPlanResponse.event:type_name -> reckon.v1.PlanEvent
+	20, // 18: reckon.v1.WatchPlanResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	5,  // 19: reckon.v1.DeliveryService.StreamDelivery:input_type -> reckon.v1.StreamDeliveryRequest
+	11, // 20: reckon.v1.DeliveryService.WatchPlan:input_type -> reckon.v1.WatchPlanRequest
+	10, // 21: reckon.v1.DeliveryService.StreamDelivery:output_type -> reckon.v1.StreamDeliveryResponse
+	13, // 22: reckon.v1.DeliveryService.WatchPlan:output_type -> reckon.v1.WatchPlanResponse
+	21, // [21:23] is the sub-list for method output_type
+	19, // [19:21] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_reckon_v1_delivery_service_proto_init() }
@@ -1137,6 +1170,7 @@ func file_reckon_v1_delivery_service_proto_init() {
 	}
 	file_reckon_v1_delivery_service_proto_msgTypes[6].OneofWrappers = []any{
 		(*DeliveryResult_Accepted)(nil),
+		(*DeliveryResult_Error)(nil),
 	}
 	file_reckon_v1_delivery_service_proto_msgTypes[8].OneofWrappers = []any{
 		(*StreamDeliveryResponse_Opened)(nil),

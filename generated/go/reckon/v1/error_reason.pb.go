@@ -115,6 +115,10 @@ const (
 	// ERROR_REASON_INTERNAL: an unexpected server fault. Code INTERNAL. No detail is disclosed;
 	// the server logs it under the `incident_id` metadata key.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 27
+	// ERROR_REASON_WATCH_LAGGING: a WatchPlan caller fell too far behind the plan's events and
+	// was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
+	// Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
+	ErrorReason_ERROR_REASON_WATCH_LAGGING ErrorReason = 28
 )
 
 // Enum value maps for ErrorReason.
@@ -148,6 +152,7 @@ var (
 		25: "ERROR_REASON_KEY_NOT_FOUND",
 		26: "ERROR_REASON_STORAGE_UNAVAILABLE",
 		27: "ERROR_REASON_INTERNAL",
+		28: "ERROR_REASON_WATCH_LAGGING",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":               0,
@@ -178,6 +183,7 @@ var (
 		"ERROR_REASON_KEY_NOT_FOUND":             25,
 		"ERROR_REASON_STORAGE_UNAVAILABLE":       26,
 		"ERROR_REASON_INTERNAL":                  27,
+		"ERROR_REASON_WATCH_LAGGING":             28,
 	}
 )
 
@@ -212,7 +218,7 @@ var File_reckon_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_reckon_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1creckon/v1/error_reason.proto\x12\treckon.v1*\xd3\a\n" +
+	"\x1creckon/v1/error_reason.proto\x12\treckon.v1*\xf3\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_INVALID_AUDIT_EVENT_ID\x10\x01\x12 \n" +
@@ -242,7 +248,8 @@ const file_reckon_v1_error_reason_proto_rawDesc = "" +
 	"&ERROR_REASON_APPROVAL_ALREADY_RESOLVED\x10\x18\x12\x1e\n" +
 	"\x1aERROR_REASON_KEY_NOT_FOUND\x10\x19\x12$\n" +
 	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x1a\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x1bB<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3"
+	"\x15ERROR_REASON_INTERNAL\x10\x1b\x12\x1e\n" +
+	"\x1aERROR_REASON_WATCH_LAGGING\x10\x1cB<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3"
 
 var (
 	file_reckon_v1_error_reason_proto_rawDescOnce sync.Once

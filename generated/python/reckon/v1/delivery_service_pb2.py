@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from reckon.v1 import types_pb2 as reckon_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n reckon/v1/delivery_service.proto\x12\treckon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15reckon/v1/types.proto\")\n\nStreamOpen\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\"\x8d\x01\n\x0cPlanDelivery\x12\x17\n\x07plan_id\x18\x01 \x01(\tR\x06planId\x12-\n\x12governance_context\x18\x02 \x01(\tR\x11governanceContext\x12\x35\n\x08\x64\x65livery\x18\x03 \x01(\x0b\x32\x19.reckon.v1.DeliveryReportR\x08\x64\x65livery\"T\n\rDeliveryBatch\x12\x10\n\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x31\n\x07reports\x18\x02 \x03(\x0b\x32\x17.reckon.v1.PlanDeliveryR\x07reports\"~\n\x15StreamDeliveryRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x15.reckon.v1.StreamOpenH\x00R\x04open\x12\x30\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x18.reckon.v1.DeliveryBatchH\x00R\x05\x62\x61tchB\x06\n\x04kind\"\xa4\x01\n\x0cStreamOpened\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x19\n\x08next_seq\x18\x02 \x01(\x03R\x07nextSeq\x12*\n\x11max_batch_reports\x18\x03 \x01(\x05R\x0fmaxBatchReports\x12\x30\n\x14max_inflight_batches\x18\x04 \x01(\x05R\x12maxInflightBatches\"\x97\x01\n\x10\x44\x65liveryAccepted\x12\x1d\n\noutcome_id\x18\x01 \x01(\tR\toutcomeId\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32\x1c.reckon.v1.PlanOutcomeStatusR\x06status\x12.\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x12.reckon.v1.FindingR\x08\x66indings\"U\n\x0e\x44\x65liveryResult\x12\x39\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1b.reckon.v1.DeliveryAcceptedH\x00R\x08\x61\x63\x63\x65ptedB\x08\n\x06result\"\xab\x01\n\x08\x42\x61tchAck\x12\x10\n\x03seq\x18\x01 \x01(\x03R\x03seq\x12=\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32\x1b.reckon.v1.BatchDispositionR\x0b\x64isposition\x12\x33\n\x07results\x18\x03 \x03(\x0b\x32\x19.reckon.v1.DeliveryResultR\x07results\x12\x19\n\x08next_seq\x18\x05 \x01(\x03R\x07nextSeq\"|\n\x16StreamDeliveryResponse\x12\x31\n\x06opened\x18\x01 \x01(\x0b\x32\x17.reckon.v1.StreamOpenedH\x00R\x06opened\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.reckon.v1.BatchAckH\x00R\x03\x61\x63kB\x06\n\x04kind\"+\n\x10WatchPlanRequest\x12\x17\n\x07plan_id\x18\x01 \x01(\tR\x06planId\"\xc7\x02\n\tPlanEvent\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x18.reckon.v1.PlanEventTypeR\x04type\x12\x17\n\x07plan_id\x18\x02 \x01(\tR\x06planId\x12;\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12*\n\x05state\x18\x04 \x01(\x0b\x32\x14.reckon.v1.PlanStateR\x05state\x12.\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.reckon.v1.FindingR\x08\x66indings\x12\x19\n\x08\x63heck_id\x18\x06 \x01(\tR\x07\x63heckId\x12\x1d\n\noutcome_id\x18\x07 \x01(\tR\toutcomeId\x12 \n\x0cmedia_buy_id\x18\x08 \x01(\tR\nmediaBuyId\"\x89\x01\n\x11WatchPlanResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.reckon.v1.PlanEventR\x05\x65vent\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval*\x97\x01\n\x10\x42\x61tchDisposition\x12!\n\x1d\x42\x41TCH_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41TCH_DISPOSITION_COMMITTED\x10\x01\x12\x1f\n\x1b\x42\x41TCH_DISPOSITION_DUPLICATE\x10\x02\x12\x1e\n\x1a\x42\x41TCH_DISPOSITION_REJECTED\x10\x03*\xed\x01\n\rPlanEventType\x12\x1f\n\x1bPLAN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PLAN_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x19\n\x15PLAN_EVENT_TYPE_CHECK\x10\x02\x12\x1e\n\x1aPLAN_EVENT_TYPE_COMMITMENT\x10\x03\x12\x1c\n\x18PLAN_EVENT_TYPE_DELIVERY\x10\x04\x12\"\n\x1ePLAN_EVENT_TYPE_STATUS_CHANGED\x10\x05\x12 \n\x1cPLAN_EVENT_TYPE_PLAN_UPDATED\x10\x06\x32\xb6\x01\n\x0f\x44\x65liveryService\x12Y\n\x0eStreamDelivery\x12 .reckon.v1.StreamDeliveryRequest\x1a!.reckon.v1.StreamDeliveryResponse(\x01\x30\x01\x12H\n\tWatchPlan\x12\x1b.reckon.v1.WatchPlanRequest\x1a\x1c.reckon.v1.WatchPlanResponse0\x01\x42<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n reckon/v1/delivery_service.proto\x12\treckon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x15reckon/v1/types.proto\")\n\nStreamOpen\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\"\x8d\x01\n\x0cPlanDelivery\x12\x17\n\x07plan_id\x18\x01 \x01(\tR\x06planId\x12-\n\x12governance_context\x18\x02 \x01(\tR\x11governanceContext\x12\x35\n\x08\x64\x65livery\x18\x03 \x01(\x0b\x32\x19.reckon.v1.DeliveryReportR\x08\x64\x65livery\"T\n\rDeliveryBatch\x12\x10\n\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x31\n\x07reports\x18\x02 \x03(\x0b\x32\x17.reckon.v1.PlanDeliveryR\x07reports\"~\n\x15StreamDeliveryRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x15.reckon.v1.StreamOpenH\x00R\x04open\x12\x30\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x18.reckon.v1.DeliveryBatchH\x00R\x05\x62\x61tchB\x06\n\x04kind\"\xa4\x01\n\x0cStreamOpened\x12\x1b\n\tstream_id\x18\x01 \x01(\tR\x08streamId\x12\x19\n\x08next_seq\x18\x02 \x01(\x03R\x07nextSeq\x12*\n\x11max_batch_reports\x18\x03 \x01(\x05R\x0fmaxBatchReports\x12\x30\n\x14max_inflight_batches\x18\x04 \x01(\x05R\x12maxInflightBatches\"\x97\x01\n\x10\x44\x65liveryAccepted\x12\x1d\n\noutcome_id\x18\x01 \x01(\tR\toutcomeId\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32\x1c.reckon.v1.PlanOutcomeStatusR\x06status\x12.\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x12.reckon.v1.FindingR\x08\x66indings\"\x81\x01\n\x0e\x44\x65liveryResult\x12\x39\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1b.reckon.v1.DeliveryAcceptedH\x00R\x08\x61\x63\x63\x65pted\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x05\x65rrorB\x08\n\x06result\"\xd5\x01\n\x08\x42\x61tchAck\x12\x10\n\x03seq\x18\x01 \x01(\x03R\x03seq\x12=\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32\x1b.reckon.v1.BatchDispositionR\x0b\x64isposition\x12\x33\n\x07results\x18\x03 \x03(\x0b\x32\x19.reckon.v1.DeliveryResultR\x07results\x12(\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusR\x05\x65rror\x12\x19\n\x08next_seq\x18\x05 \x01(\x03R\x07nextSeq\"|\n\x16StreamDeliveryResponse\x12\x31\n\x06opened\x18\x01 \x01(\x0b\x32\x17.reckon.v1.StreamOpenedH\x00R\x06opened\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.reckon.v1.BatchAckH\x00R\x03\x61\x63kB\x06\n\x04kind\"+\n\x10WatchPlanRequest\x12\x17\n\x07plan_id\x18\x01 \x01(\tR\x06planId\"\xc7\x02\n\tPlanEvent\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x18.reckon.v1.PlanEventTypeR\x04type\x12\x17\n\x07plan_id\x18\x02 \x01(\tR\x06planId\x12;\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12*\n\x05state\x18\x04 \x01(\x0b\x32\x14.reckon.v1.PlanStateR\x05state\x12.\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.reckon.v1.FindingR\x08\x66indings\x12\x19\n\x08\x63heck_id\x18\x06 \x01(\tR\x07\x63heckId\x12\x1d\n\noutcome_id\x18\x07 \x01(\tR\toutcomeId\x12 \n\x0cmedia_buy_id\x18\x08 \x01(\tR\nmediaBuyId\"\x89\x01\n\x11WatchPlanResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.reckon.v1.PlanEventR\x05\x65vent\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval*\x97\x01\n\x10\x42\x61tchDisposition\x12!\n\x1d\x42\x41TCH_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41TCH_DISPOSITION_COMMITTED\x10\x01\x12\x1f\n\x1b\x42\x41TCH_DISPOSITION_DUPLICATE\x10\x02\x12\x1e\n\x1a\x42\x41TCH_DISPOSITION_REJECTED\x10\x03*\xed\x01\n\rPlanEventType\x12\x1f\n\x1bPLAN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PLAN_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x19\n\x15PLAN_EVENT_TYPE_CHECK\x10\x02\x12\x1e\n\x1aPLAN_EVENT_TYPE_COMMITMENT\x10\x03\x12\x1c\n\x18PLAN_EVENT_TYPE_DELIVERY\x10\x04\x12\"\n\x1ePLAN_EVENT_TYPE_STATUS_CHANGED\x10\x05\x12 \n\x1cPLAN_EVENT_TYPE_PLAN_UPDATED\x10\x06\x32\xb6\x01\n\x0f\x44\x65liveryService\x12Y\n\x0eStreamDelivery\x12 .reckon.v1.StreamDeliveryRequest\x1a!.reckon.v1.StreamDeliveryResponse(\x01\x30\x01\x12H\n\tWatchPlan\x12\x1b.reckon.v1.WatchPlanRequest\x1a\x1c.reckon.v1.WatchPlanResponse0\x01\x42<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reckon.v1.delivery_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1'
-  _globals['_BATCHDISPOSITION']._serialized_start=1760
-  _globals['_BATCHDISPOSITION']._serialized_end=1911
-  _globals['_PLANEVENTTYPE']._serialized_start=1914
-  _globals['_PLANEVENTTYPE']._serialized_end=2151
-  _globals['_STREAMOPEN']._serialized_start=135
-  _globals['_STREAMOPEN']._serialized_end=176
-  _globals['_PLANDELIVERY']._serialized_start=179
-  _globals['_PLANDELIVERY']._serialized_end=320
-  _globals['_DELIVERYBATCH']._serialized_start=322
-  _globals['_DELIVERYBATCH']._serialized_end=406
-  _globals['_STREAMDELIVERYREQUEST']._serialized_start=408
-  _globals['_STREAMDELIVERYREQUEST']._serialized_end=534
-  _globals['_STREAMOPENED']._serialized_start=537
-  _globals['_STREAMOPENED']._serialized_end=701
-  _globals['_DELIVERYACCEPTED']._serialized_start=704
-  _globals['_DELIVERYACCEPTED']._serialized_end=855
-  _globals['_DELIVERYRESULT']._serialized_start=857
-  _globals['_DELIVERYRESULT']._serialized_end=942
-  _globals['_BATCHACK']._serialized_start=945
-  _globals['_BATCHACK']._serialized_end=1116
-  _globals['_STREAMDELIVERYRESPONSE']._serialized_start=1118
-  _globals['_STREAMDELIVERYRESPONSE']._serialized_end=1242
-  _globals['_WATCHPLANREQUEST']._serialized_start=1244
-  _globals['_WATCHPLANREQUEST']._serialized_end=1287
-  _globals['_PLANEVENT']._serialized_start=1290
-  _globals['_PLANEVENT']._serialized_end=1617
-  _globals['_WATCHPLANRESPONSE']._serialized_start=1620
-  _globals['_WATCHPLANRESPONSE']._serialized_end=1757
-  _globals['_DELIVERYSERVICE']._serialized_start=2154
-  _globals['_DELIVERYSERVICE']._serialized_end=2336
+  _globals['_BATCHDISPOSITION']._serialized_start=1872
+  _globals['_BATCHDISPOSITION']._serialized_end=2023
+  _globals['_PLANEVENTTYPE']._serialized_start=2026
+  _globals['_PLANEVENTTYPE']._serialized_end=2263
+  _globals['_STREAMOPEN']._serialized_start=160
+  _globals['_STREAMOPEN']._serialized_end=201
+  _globals['_PLANDELIVERY']._serialized_start=204
+  _globals['_PLANDELIVERY']._serialized_end=345
+  _globals['_DELIVERYBATCH']._serialized_start=347
+  _globals['_DELIVERYBATCH']._serialized_end=431
+  _globals['_STREAMDELIVERYREQUEST']._serialized_start=433
+  _globals['_STREAMDELIVERYREQUEST']._serialized_end=559
+  _globals['_STREAMOPENED']._serialized_start=562
+  _globals['_STREAMOPENED']._serialized_end=726
+  _globals['_DELIVERYACCEPTED']._serialized_start=729
+  _globals['_DELIVERYACCEPTED']._serialized_end=880
+  _globals['_DELIVERYRESULT']._serialized_start=883
+  _globals['_DELIVERYRESULT']._serialized_end=1012
+  _globals['_BATCHACK']._serialized_start=1015
+  _globals['_BATCHACK']._serialized_end=1228
+  _globals['_STREAMDELIVERYRESPONSE']._serialized_start=1230
+  _globals['_STREAMDELIVERYRESPONSE']._serialized_end=1354
+  _globals['_WATCHPLANREQUEST']._serialized_start=1356
+  _globals['_WATCHPLANREQUEST']._serialized_end=1399
+  _globals['_PLANEVENT']._serialized_start=1402
+  _globals['_PLANEVENT']._serialized_end=1729
+  _globals['_WATCHPLANRESPONSE']._serialized_start=1732
+  _globals['_WATCHPLANRESPONSE']._serialized_end=1869
+  _globals['_DELIVERYSERVICE']._serialized_start=2266
+  _globals['_DELIVERYSERVICE']._serialized_end=2448
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from reckon.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -288,20 +289,28 @@ class DeliveryResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___DeliveryAccepted:
         """accepted when the report was stored."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """error when the report was refused, with the same code, reason and details as the unary
+        ReportPlanOutcome would give; the rest of the batch is unaffected.
+        """
 
     def __init__(
         self,
         *,
         accepted: Global___DeliveryAccepted | None = ...,
+        error: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["accepted"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["accepted", "error"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -316,6 +325,7 @@ class BatchAck(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     DISPOSITION_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     NEXT_SEQ_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """seq of the batch."""
@@ -327,17 +337,22 @@ class BatchAck(_message.Message):
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryResult]:
         """results per report, in batch order; present when COMMITTED."""
 
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """error says why a batch was REJECTED."""
+
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         disposition: Global___BatchDisposition.ValueType = ...,
         results: _abc.Iterable[Global___DeliveryResult] | None = ...,
+        error: _status_pb2.Status | None = ...,
         next_seq: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disposition", b"disposition", "next_seq", b"next_seq", "results", b"results", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disposition", b"disposition", "error", b"error", "next_seq", b"next_seq", "results", b"results", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

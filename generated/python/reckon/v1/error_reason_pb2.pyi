@@ -134,6 +134,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_INTERNAL: an unexpected server fault. Code INTERNAL. No detail is disclosed;
     the server logs it under the `incident_id` metadata key.
     """
+    ERROR_REASON_WATCH_LAGGING: _ErrorReason.ValueType  # 28
+    """ERROR_REASON_WATCH_LAGGING: a WatchPlan caller fell too far behind the plan's events and
+    was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
+    Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` Reckon returns. On the wire the reason
@@ -254,5 +259,10 @@ failed; nothing was written. Code UNAVAILABLE, with RetryInfo; safe to retry.
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 27
 """ERROR_REASON_INTERNAL: an unexpected server fault. Code INTERNAL. No detail is disclosed;
 the server logs it under the `incident_id` metadata key.
+"""
+ERROR_REASON_WATCH_LAGGING: ErrorReason.ValueType  # 28
+"""ERROR_REASON_WATCH_LAGGING: a WatchPlan caller fell too far behind the plan's events and
+was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
+Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

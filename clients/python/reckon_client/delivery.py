@@ -1,0 +1,207 @@
+"""A resumable, pipelined producer for DeliveryService.StreamDelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon_client.errors import ReckonError
+
+log = logging.getLogger(__name__)
+AckHandler = Callable[[pb.BatchAck], None]
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class DeliveryStreamer:
+    """Batches reports, keeps up to `window` batches un-acknowledged, and survives disconnects:
+    it reconnects with jittered exponential backoff, learns the server's `next_seq`, and
+    re-sends exactly the batches not yet committed. Every batch is acknowledged once, through
+    `on_ack`, with its per-report results (a batch committed just before a disconnect is
+    acknowledged without results: its ack was lost, its rows are not).
+
+        async with DeliveryStreamer(reckon.delivery, "producer-1") as streamer:
+            for report in reports:
+                await streamer.add(report)
+    """
+
+    def __init__(
+        self,
+        stub: Any,
+        stream_id: str,
+        *,
+        batch_size: int = 500,
+        window: int = 8,
+        on_ack: AckHandler | None = None,
+        backoff: tuple[float, float] = (0.05, 5.0),
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self._stub = stub
+        self._stream_id = stream_id
+        self._batch_size = batch_size
+        self._window = window
+        self._on_ack = on_ack
+        self._backoff = backoff
+        self._metadata = metadata
+        self._pending: list[pb.PlanDelivery] = []
+        self._unacked: OrderedDict[int, pb.DeliveryBatch] = OrderedDict()
+        self._next_seq: int | None = None
+        """The seq the next sealed batch gets."""
+        self._changed = asyncio.Condition()
+        self._runner: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> DeliveryStreamer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            await self.flush()
+        await self.close()
+
+    async def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._next_seq is not None or self._failure)
+        self._raise_failure()
+
+    async def add(self, report: pb.PlanDelivery) -> None:
+        """Queue one report; waits while the window of un-acked batches is full."""
+        self._pending.append(report)
+        if len(self._pending) >= self._batch_size:
+            await self._seal()
+
+    async def flush(self) -> None:
+        """Send the partial batch and wait until every batch is acknowledged."""
+        if self._pending:
+            await self._seal()
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._unacked or self._failure)
+        self._raise_failure()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    async def _seal(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._unacked) < self._window or self._failure)
+            self._raise_failure()
+            assert self._next_seq is not None
+            seq = self._next_seq
+            self._next_seq += 1
+            self._unacked[seq] = pb.DeliveryBatch(seq=seq, reports=self._pending)
+            self._pending = []
+            self._changed.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._connect()
+                attempt = 0
+            except aio.AioRpcError as err:
+                if err.code() not in _RETRYABLE:
+                    await self._fail(ReckonError.from_rpc_error(err) or err)
+                    return
+                attempt += 1
+                self.reconnects += 1
+                low, high = self._backoff
+                delay = min(high, low * 2**attempt) * random.uniform(0.5, 1.0)
+                log.info(
+                    "delivery stream %s lost (%s); retrying in %.2fs",
+                    self._stream_id,
+                    err.code().name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _fail(self, error: BaseException) -> None:
+        async with self._changed:
+            self._failure = error
+            self._changed.notify_all()
+
+    async def _connect(self) -> None:
+        call = self._stub.StreamDelivery(metadata=self._metadata)
+        await call.write(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=self._stream_id)))
+        opened = (await call.read()).opened
+        async with self._changed:
+            for seq in [s for s in self._unacked if s < opened.next_seq]:
+                # Committed before the last connection dropped; its ack was lost.
+                self._acknowledge(
+                    pb.BatchAck(
+                        seq=seq,
+                        disposition=pb.BATCH_DISPOSITION_COMMITTED,
+                        next_seq=opened.next_seq,
+                    )
+                )
+            if self._next_seq is None or self._next_seq < opened.next_seq:
+                self._next_seq = opened.next_seq
+            self._changed.notify_all()
+        sender = asyncio.ensure_future(self._send(call, opened.next_seq))
+        try:
+            while True:
+                response = await call.read()
+                if response is aio.EOF:
+                    raise aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "stream ended"
+                    )
+                ack = response.ack
+                if ack.disposition == pb.BATCH_DISPOSITION_REJECTED:
+                    raise aio.AioRpcError(
+                        grpc.StatusCode.ABORTED,
+                        aio.Metadata(),
+                        aio.Metadata(),
+                        f"batch {ack.seq} rejected: {ack.error.message}",
+                    )
+                async with self._changed:
+                    self._acknowledge(ack)
+                    self._changed.notify_all()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            call.cancel()
+
+    def _acknowledge(self, ack: pb.BatchAck) -> None:
+        if self._unacked.pop(ack.seq, None) is None:
+            return
+        if self._on_ack is not None:
+            self._on_ack(ack)
+
+    async def _send(self, call: Any, first_seq: int) -> None:
+        """Write every un-acked batch from `first_seq` on, in order, as they are sealed."""
+        seq = first_seq
+        while True:
+            batch = await self._sealed(seq)
+            await call.write(pb.StreamDeliveryRequest(batch=batch))
+            seq += 1
+
+    async def _sealed(self, seq: int) -> pb.DeliveryBatch:
+        async with self._changed:
+            await self._changed.wait_for(lambda: seq in self._unacked)
+            return self._unacked[seq]

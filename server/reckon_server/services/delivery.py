@@ -1,0 +1,181 @@
+"""DeliveryService use cases: stream ownership and fencing, batch commits, plan events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from reckon_server.clock import utcnow
+from reckon_server.domain.findings import Finding
+from reckon_server.domain.pacing import delivery_findings
+from reckon_server.domain.principals import Principal
+from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
+from reckon_server.services.governance import GovernanceLedger, plan_topic
+from reckon_server.services.notify import Notifier
+from reckon_server.storage import delivery as store
+from reckon_server.storage.database import Database
+from reckon_server.storage.group_commit import GroupCommitter
+from reckon_server.storage.schema import checks, plan_outcomes, plans
+from reckon_server.storage.types import epoch_micros
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    max_batch_reports: int = 1000
+    window: int = 16
+    """Batches one stream may have read but not acknowledged."""
+    server_inflight: int = 256
+    """Batches all streams together may have submitted but not committed."""
+    idle_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """One row of a plan's history, for WatchPlan."""
+
+    kind: str
+    """"check", "commitment" or "delivery"."""
+    row_id: str
+    created_at: datetime
+    findings: list[dict[str, Any]]
+
+
+class DeliveryLedger:
+    def __init__(
+        self,
+        database: Database,
+        committer: GroupCommitter,
+        notifier: Notifier,
+        governance: GovernanceLedger,
+        *,
+        terms_of: Callable[[dict[str, Any]], Any],
+        pacing_threshold_pct: int,
+        limits: StreamLimits,
+    ) -> None:
+        self._db = database
+        self._committer = committer
+        self._notifier = notifier
+        self.governance = governance
+        self.limits = limits
+        self._op = store.ApplyDeliveryBatches(self._findings, terms_of)
+        self._threshold = pacing_threshold_pct
+        self._slots = asyncio.Semaphore(limits.server_inflight)
+        self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
+        self.draining = asyncio.Event()
+
+    def _findings(
+        self, report: store.StreamReport, facts: store.CampaignFacts, cumulative: int
+    ) -> list[Finding]:
+        return delivery_findings(
+            committed_micros=facts.committed_micros,
+            settled=facts.settled,
+            flight_start=facts.flight_start or facts.plan_flight_start,
+            flight_end=facts.flight_end or facts.plan_flight_end,
+            currency=facts.currency,
+            period_start=report.period_start,
+            period_end=report.period_end,
+            spend_micros=report.spend_micros,
+            impressions=report.impressions,
+            cpm_micros=report.cpm_micros,
+            cumulative_micros=cumulative,
+            threshold_pct=self._threshold,
+        )
+
+    async def open(self, principal: Principal, stream_id: str) -> tuple[int, int, asyncio.Event]:
+        """Take over a stream. Returns its generation, next_seq, and an event that is set when
+        a newer connection on this replica fences this one (other replicas are fenced by the
+        generation check at commit)."""
+        async with self._db.write() as conn:
+            opened = await store.open_stream(
+                conn, principal.org_id, principal.principal_id, stream_id, utcnow()
+            )
+        if opened is None:
+            raise invalid(
+                Reason.INVALID_REQUEST,
+                [FieldViolation("open.stream_id", "is used by another producer")],
+            )
+        generation, next_seq = opened
+        key = (principal.org_id, stream_id)
+        previous = self._owners.get(key)
+        if previous is not None and previous[0] < generation:
+            previous[1].set()
+        fenced = asyncio.Event()
+        self._owners[key] = (generation, fenced)
+        return generation, next_seq, fenced
+
+    def release(self, principal: Principal, stream_id: str, generation: int) -> None:
+        key = (principal.org_id, stream_id)
+        if self._owners.get(key, (None,))[0] == generation:
+            del self._owners[key]
+
+    async def commit(self, batch: store.StreamBatch) -> store.BatchApplied:
+        """Commit one batch (group-committed with everything else in flight)."""
+        async with self._slots:
+            result = await self._committer.submit(self._op, batch)
+        for plan_id in result.touched_plans:
+            await self._notifier.publish(plan_topic(batch.org_id, plan_id), "delivery")
+        return result
+
+    def draining_error(self) -> ReckonError:
+        return unavailable(
+            Reason.DRAINING,
+            "the server is shutting down; reconnect and resume",
+            retry_after_seconds=1.0,
+        )
+
+    async def changes_since(
+        self, principal: Principal, plan_id: str, after: tuple[int, str], limit: int
+    ) -> tuple[list[PlanChange], tuple[int, int]]:
+        """Checks and outcomes of the plan after the (created_at micros, id) watermark, oldest
+        first, and the plan's (status, version) now."""
+        org_id = principal.org_id
+        ts, last_id = after
+        async with self._db.read() as conn:
+            rows: list[PlanChange] = []
+            for table, id_column in (
+                (checks, checks.c.check_id),
+                (plan_outcomes, plan_outcomes.c.outcome_id),
+            ):
+                created = table.c.created_at
+                query = (
+                    sa.select(table)
+                    .where(
+                        table.c.org_id == org_id,
+                        table.c.plan_id == plan_id,
+                        sa.or_(created > ts, sa.and_(created == ts, id_column > last_id)),
+                    )
+                    .order_by(created, id_column)
+                    .limit(limit)
+                )
+                for r in await conn.execute(query):
+                    rows.append(
+                        PlanChange(
+                            _kind(r),
+                            r._mapping[id_column.name],
+                            r.created_at,
+                            (r.response or {}).get("findings", []),
+                        )
+                    )
+            plan = (
+                await conn.execute(
+                    sa.select(plans.c.status, plans.c.version).where(
+                        plans.c.org_id == org_id, plans.c.plan_id == plan_id
+                    )
+                )
+            ).one()
+        rows.sort(key=lambda c: (epoch_micros(c.created_at), c.row_id))
+        return rows[: limit + 1], (int(plan.status), int(plan.version))
+
+    async def wait_for_change(self, principal: Principal, plan_id: str, within: float) -> None:
+        await self._notifier.wait(plan_topic(principal.org_id, plan_id), within)
+
+
+def _kind(row: Any) -> str:
+    if "check_id" in row._mapping and "outcome_id" not in row._mapping:
+        return "check"
+    return "delivery" if row.outcome == 3 else "commitment"

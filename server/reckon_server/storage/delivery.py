@@ -1,0 +1,477 @@
+"""Streamed delivery as a group-commit op.
+
+One transaction applies batches from any number of streams: it checks each batch against its
+stream's durable cursor and fencing generation, resolves plans and campaigns for all reports
+at once, upserts the absolute per-period totals, computes each report's findings from the
+exact cumulative spend at that point, records the outcomes and advances the cursors. A batch
+is acknowledged only after this transaction commits, so an ack means durable, and a cursor
+that advances with its rows means a batch is never applied twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reckon_server.domain.documents import canonical_json
+from reckon_server.domain.findings import Finding
+from reckon_server.errors import Reason, ReckonError, Resource, not_found
+from reckon_server.storage.schema import (
+    campaigns,
+    delivery_periods,
+    delivery_streams,
+    plan_outcomes,
+    plans,
+)
+from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
+from reckon_server.storage.types import epoch_micros
+
+ACTIVE = 1
+_PERIOD_COLUMNS = (
+    "governance_context",
+    "period_start",
+    "period_end",
+    "org_id",
+    "plan_id",
+    "spend_micros",
+    "impressions",
+    "cpm_micros",
+    "viewability_rate",
+    "completion_rate",
+    "outcome_id",
+    "updated_at",
+)
+_OUTCOME_COLUMNS = (
+    "outcome_id",
+    "org_id",
+    "plan_id",
+    "check_id",
+    "governance_context",
+    "purchase_type",
+    "outcome",
+    "status",
+    "committed_micros",
+    "findings_count",
+    "response",
+    "plan_hash",
+    "created_at",
+)
+_UPSERT_PERIODS = BulkStatement(
+    lambda d: upsert(
+        d, delivery_periods, ["governance_context", "period_start", "period_end"], _PERIOD_COLUMNS
+    ),
+    _PERIOD_COLUMNS,
+)
+_INSERT_OUTCOMES = BulkStatement(
+    lambda _: sa.insert(plan_outcomes).values({c: sa.bindparam(c) for c in _OUTCOME_COLUMNS}),
+    _OUTCOME_COLUMNS,
+)
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """One validated report of a batch."""
+
+    plan_id: str
+    media_buy_id: str
+    governance_context: str
+    period_start: datetime
+    period_end: datetime
+    spend_micros: int
+    impressions: int
+    cpm_micros: int | None
+    viewability_rate: float | None
+    completion_rate: float | None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A stored report: its outcome and findings."""
+
+    outcome_id: str
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    org_id: str
+    principal_id: str
+    stream_id: str
+    generation: int
+    seq: int
+    reports: Sequence[StreamReport | ReckonError]
+    """Reports that failed validation are carried as their error, in batch order."""
+    now: datetime
+
+
+@dataclass(frozen=True)
+class CampaignFacts:
+    """What the findings of a report need to know about its campaign and plan."""
+
+    governance_context: str
+    plan_id: str
+    currency: str
+    committed_micros: int
+    settled: bool
+    flight_start: datetime | None
+    flight_end: datetime | None
+    plan_flight_start: datetime
+    plan_flight_end: datetime
+
+
+@dataclass
+class BatchApplied:
+    results: list[Delivered | ReckonError]
+    touched_plans: set[str] = field(default_factory=set)
+
+
+FindingsOf = Callable[[StreamReport, CampaignFacts, int], list[Finding]]
+"""(report, campaign, cumulative spend after it) -> findings."""
+TermsOf = Callable[[dict[str, Any]], Any]
+
+
+def fenced(stream_id: str) -> ReckonError:
+    return ReckonError(
+        Reason.STREAM_FENCED,
+        "a newer connection took over this delivery stream",
+        {"stream_id": stream_id[:128]},
+        precondition=("STREAM_GENERATION", stream_id[:128]),
+    )
+
+
+def sequence_gap(expected: int, received: int) -> ReckonError:
+    return ReckonError(
+        Reason.SEQUENCE_GAP,
+        f"batch seq {received} skips ahead; expected {expected}",
+        {"expected_seq": str(expected), "received_seq": str(received)},
+    )
+
+
+async def open_stream(
+    conn: AsyncConnection, org_id: str, principal_id: str, stream_id: str, now: datetime
+) -> tuple[int, int] | None:
+    """Take over a stream: its generation is raised (fencing every older connection) and its
+    next sequence number returned. None when another principal owns the stream id."""
+    statement = dialect_insert(conn.dialect.name, delivery_streams).values(
+        org_id=org_id,
+        stream_id=stream_id,
+        principal_id=principal_id,
+        generation=1,
+        next_seq=1,
+        updated_at=now,
+    )
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["org_id", "stream_id"],
+            set_={"generation": delivery_streams.c.generation + 1, "updated_at": now},
+        )
+    )
+    row = (
+        await conn.execute(
+            sa.select(
+                delivery_streams.c.principal_id,
+                delivery_streams.c.generation,
+                delivery_streams.c.next_seq,
+            ).where(delivery_streams.c.org_id == org_id, delivery_streams.c.stream_id == stream_id)
+        )
+    ).one()
+    if row.principal_id != principal_id:
+        return None
+    return int(row.generation), int(row.next_seq)
+
+
+class ApplyDeliveryBatches:
+    """The group-commit op for StreamDelivery batches."""
+
+    def __init__(self, findings_of: FindingsOf, terms_of: TermsOf) -> None:
+        self._findings_of = findings_of
+        self._terms_of = terms_of
+
+    async def apply(
+        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    ) -> list[BatchApplied | ReckonError]:
+        results: list[BatchApplied | ReckonError | None] = [None] * len(batches)
+        cursors = await self._cursors(conn, batches)
+        accepted: list[int] = []
+        for index, batch in enumerate(batches):
+            cursor = cursors.get((batch.org_id, batch.stream_id))
+            if cursor is None or cursor[0] != batch.generation:
+                results[index] = fenced(batch.stream_id)
+            elif batch.seq != cursor[1]:
+                results[index] = sequence_gap(cursor[1], batch.seq)
+            else:
+                cursor[1] += 1
+                accepted.append(index)
+        applied = await self._apply_reports(conn, [batches[i] for i in accepted])
+        for index, outcome in zip(accepted, applied, strict=True):
+            results[index] = outcome
+        for (org_id, stream_id), (generation, next_seq) in cursors.items():
+            await conn.execute(
+                sa.update(delivery_streams)
+                .where(
+                    delivery_streams.c.org_id == org_id,
+                    delivery_streams.c.stream_id == stream_id,
+                    delivery_streams.c.generation == generation,
+                )
+                .values(next_seq=next_seq, updated_at=batches[0].now)
+            )
+        return [r for r in results if r is not None]
+
+    async def _cursors(
+        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    ) -> dict[tuple[str, str], list[int]]:
+        keys = sorted({(b.org_id, b.stream_id) for b in batches})
+        cursors: dict[tuple[str, str], list[int]] = {}
+        for org_id, stream_id in keys:
+            row = (
+                await conn.execute(
+                    sa.select(delivery_streams.c.generation, delivery_streams.c.next_seq)
+                    .where(
+                        delivery_streams.c.org_id == org_id,
+                        delivery_streams.c.stream_id == stream_id,
+                    )
+                    .with_for_update()
+                )
+            ).first()
+            if row is not None:
+                cursors[(org_id, stream_id)] = [int(row.generation), int(row.next_seq)]
+        return cursors
+
+    async def _apply_reports(
+        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    ) -> list[BatchApplied]:
+        wanted = sorted(
+            {
+                (b.org_id, r.plan_id)
+                for b in batches
+                for r in b.reports
+                if isinstance(r, StreamReport)
+            }
+        )
+        plan_rows: dict[tuple[str, str], Any] = {}
+        for org_id, plan_id in wanted:
+            row = (
+                await conn.execute(
+                    sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
+                    .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is not None:
+                plan_rows[(org_id, plan_id)] = row
+        campaign_rows = await self._campaigns(conn, batches, plan_rows)
+        plan_terms = {key: self._terms_of(row.document) for key, row in plan_rows.items()}
+
+        # Existing totals, so each report's cumulative spend is exact at its position.
+        contexts = sorted({c.governance_context for c in campaign_rows.values()})
+        totals: dict[str, int] = {}
+        periods: dict[tuple[str, int, int], int] = {}
+        if contexts:
+            for context, total in await conn.execute(
+                sa.select(
+                    delivery_periods.c.governance_context,
+                    sa.func.sum(delivery_periods.c.spend_micros),
+                )
+                .where(delivery_periods.c.governance_context.in_(contexts))
+                .group_by(delivery_periods.c.governance_context)
+            ):
+                totals[context] = int(total or 0)
+            keys = {
+                (
+                    campaign_rows[k].governance_context,
+                    epoch_micros(r.period_start),
+                    epoch_micros(r.period_end),
+                )
+                for b in batches
+                for r in b.reports
+                if isinstance(r, StreamReport)
+                for k in [_campaign_key(b.org_id, r)]
+                if k in campaign_rows
+            }
+            if keys:
+                for row in await conn.execute(
+                    sa.select(
+                        delivery_periods.c.governance_context,
+                        delivery_periods.c.period_start,
+                        delivery_periods.c.period_end,
+                        delivery_periods.c.spend_micros,
+                    ).where(
+                        sa.tuple_(
+                            delivery_periods.c.governance_context,
+                            delivery_periods.c.period_start,
+                            delivery_periods.c.period_end,
+                        ).in_(sorted(keys))
+                    )
+                ):
+                    periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
+
+        period_rows: list[tuple[Any, ...]] = []
+        outcome_rows: list[tuple[Any, ...]] = []
+        applied: list[BatchApplied] = []
+        for batch in batches:
+            now_us = epoch_micros(batch.now)
+            done = BatchApplied([])
+            for report in batch.reports:
+                if isinstance(report, ReckonError):
+                    done.results.append(report)
+                    continue
+                plan_row = plan_rows.get((batch.org_id, report.plan_id))
+                if plan_row is None or plan_row.owner_id != batch.principal_id:
+                    done.results.append(
+                        not_found(Reason.PLAN_NOT_FOUND, "plan", report.plan_id, "plan_id")
+                    )
+                    continue
+                if plan_row.status != ACTIVE:
+                    done.results.append(
+                        ReckonError(
+                            Reason.CAMPAIGN_SUSPENDED,
+                            f"plan {report.plan_id} is not active",
+                            {"plan_id": report.plan_id},
+                            precondition=("PLAN_STATUS", report.plan_id),
+                        )
+                    )
+                    continue
+                campaign = campaign_rows.get(_campaign_key(batch.org_id, report))
+                if campaign is None:
+                    done.results.append(_missing_campaign(report))
+                    continue
+                context = campaign.governance_context
+                start_us, end_us = (
+                    epoch_micros(report.period_start),
+                    epoch_micros(report.period_end),
+                )
+                previous = periods.get((context, start_us, end_us), 0)
+                periods[(context, start_us, end_us)] = report.spend_micros
+                totals[context] = totals.get(context, 0) - previous + report.spend_micros
+                terms = plan_terms[(batch.org_id, report.plan_id)]
+                facts = CampaignFacts(
+                    context,
+                    report.plan_id,
+                    terms.currency,
+                    campaign.committed_micros,
+                    campaign.settled,
+                    campaign.flight_start,
+                    campaign.flight_end,
+                    terms.flight_start,
+                    terms.flight_end,
+                )
+                findings = tuple(self._findings_of(report, facts, totals[context]))
+                outcome_id = "out_" + secrets.token_hex(12)
+                period_rows.append(
+                    (
+                        context,
+                        start_us,
+                        end_us,
+                        batch.org_id,
+                        report.plan_id,
+                        report.spend_micros,
+                        report.impressions,
+                        report.cpm_micros,
+                        report.viewability_rate,
+                        report.completion_rate,
+                        outcome_id,
+                        now_us,
+                    )
+                )
+                outcome_rows.append(
+                    (
+                        outcome_id,
+                        batch.org_id,
+                        report.plan_id,
+                        None,
+                        context,
+                        campaign.purchase_type,
+                        3,
+                        2 if findings else 1,
+                        None,
+                        len(findings),
+                        _findings_json(findings),
+                        plan_row.plan_hash,
+                        now_us,
+                    )
+                )
+                done.results.append(Delivered(outcome_id, findings))
+                done.touched_plans.add(report.plan_id)
+            applied.append(done)
+        await _UPSERT_PERIODS.executemany(conn, period_rows)
+        await _INSERT_OUTCOMES.executemany(conn, outcome_rows)
+        return applied
+
+    async def _campaigns(
+        self,
+        conn: AsyncConnection,
+        batches: Sequence[StreamBatch],
+        plan_rows: dict[tuple[str, str], Any],
+    ) -> dict[tuple[str, str, str], Any]:
+        by_media: dict[tuple[str, str], set[str]] = {}
+        by_context: dict[tuple[str, str], set[str]] = {}
+        for batch in batches:
+            for r in batch.reports:
+                if isinstance(r, StreamReport) and (batch.org_id, r.plan_id) in plan_rows:
+                    if r.media_buy_id:
+                        by_media.setdefault((batch.org_id, r.plan_id), set()).add(r.media_buy_id)
+                    else:
+                        by_context.setdefault((batch.org_id, r.plan_id), set()).add(
+                            r.governance_context
+                        )
+        found: dict[tuple[str, str, str], Any] = {}
+        for (org_id, plan_id), names in by_media.items():
+            for row in await conn.execute(
+                sa.select(campaigns).where(
+                    campaigns.c.org_id == org_id,
+                    campaigns.c.plan_id == plan_id,
+                    campaigns.c.media_buy_id.in_(sorted(names)),
+                )
+            ):
+                found[(org_id, plan_id, "m:" + row.media_buy_id)] = row
+        for (org_id, plan_id), names in by_context.items():
+            for row in await conn.execute(
+                sa.select(campaigns).where(
+                    campaigns.c.org_id == org_id,
+                    campaigns.c.plan_id == plan_id,
+                    campaigns.c.governance_context.in_(sorted(names)),
+                )
+            ):
+                found[(org_id, plan_id, "g:" + row.governance_context)] = row
+        return found
+
+
+def _campaign_key(org_id: str, report: StreamReport) -> tuple[str, str, str]:
+    if report.media_buy_id:
+        return (org_id, report.plan_id, "m:" + report.media_buy_id)
+    return (org_id, report.plan_id, "g:" + report.governance_context)
+
+
+def _missing_campaign(report: StreamReport) -> ReckonError:
+    if report.media_buy_id:
+        return not_found(
+            Reason.MEDIA_BUY_NOT_FOUND, "media buy", report.media_buy_id, "media_buy_id"
+        )
+    return ReckonError(
+        Reason.CAMPAIGN_NOT_FOUND,
+        f"no campaign with this governance_context in plan {report.plan_id!r}",
+        {"plan_id": report.plan_id},
+        resource=Resource("campaign", report.governance_context[:64]),
+    )
+
+
+def _findings_json(findings: Sequence[Finding]) -> str:
+    return canonical_json(
+        {
+            "findings": [
+                {
+                    "category_id": f.category_id,
+                    "severity": int(f.severity),
+                    "explanation": f.explanation,
+                    "details": f.details,
+                }
+                for f in findings
+            ]
+        }
+    )

@@ -1,0 +1,383 @@
+"""DeliveryService: the StreamDelivery protocol and WatchPlan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from google.protobuf import duration_pb2
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import delivery_service_pb2_grpc, types_pb2
+from reckon_server.clock import utcnow
+from reckon_server.domain.principals import Principal
+from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
+from reckon_server.services.delivery import DeliveryLedger
+from reckon_server.services.governance import finding_from_document
+from reckon_server.storage.delivery import (
+    BatchApplied,
+    StreamBatch,
+    StreamReport,
+    fenced,
+    sequence_gap,
+)
+from reckon_server.storage.types import epoch_micros
+from reckon_server.transport.codec import to_timestamp
+from reckon_server.transport.context import current_principal
+from reckon_server.transport.governance_codec import (
+    delivery_figures,
+    encode_finding,
+    encode_plan_state,
+    terms_from_document,
+)
+from reckon_server.transport.status import rich_status
+
+Context = aio.ServicerContext[Any, Any]
+_STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_END = object()
+MAX_WATCH_BACKLOG = 10_000
+
+
+class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
+    def __init__(self, ledger: DeliveryLedger, *, heartbeat_seconds: float) -> None:
+        self._ledger = ledger
+        self._heartbeat = heartbeat_seconds
+
+    async def StreamDelivery(
+        self, request_iterator: AsyncIterator[pb.StreamDeliveryRequest], context: Context
+    ) -> AsyncIterator[pb.StreamDeliveryResponse]:
+        principal = current_principal()
+        limits = self._ledger.limits
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), limits.idle_seconds)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        if not first.HasField("open") or not _STREAM_ID.match(first.open.stream_id):
+            raise invalid(
+                Reason.INVALID_REQUEST,
+                [
+                    FieldViolation(
+                        "open.stream_id",
+                        "the first message opens the stream: 1..128 letters, digits, '_.:-'",
+                    )
+                ],
+            )
+        stream_id = first.open.stream_id
+        generation, next_seq, fence = await self._ledger.open(principal, stream_id)
+        acks: asyncio.Queue[Any] = asyncio.Queue(maxsize=limits.window)
+        reader = asyncio.create_task(
+            self._read(
+                requests=request_iterator,
+                acks=acks,
+                principal=principal,
+                stream_id=stream_id,
+                generation=generation,
+                next_seq=next_seq,
+            )
+        )
+        try:
+            yield pb.StreamDeliveryResponse(
+                opened=pb.StreamOpened(
+                    stream_id=stream_id,
+                    next_seq=next_seq,
+                    max_batch_reports=limits.max_batch_reports,
+                    max_inflight_batches=limits.window,
+                )
+            )
+            while True:
+                item = await _first_of(acks.get(), fence.wait(), self._ledger.draining.wait())
+                if item is _FENCED:
+                    raise fenced(stream_id)
+                if item is _DRAINING:
+                    reader.cancel()
+                    async for ack in _drain(acks):
+                        yield ack
+                    raise self._ledger.draining_error()
+                if item is _END:
+                    break
+                yield pb.StreamDeliveryResponse(ack=await item)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            # Acks nobody will read: their batches commit or fail with their transaction.
+            while not acks.empty():
+                item = acks.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+            self._ledger.release(principal, stream_id, generation)
+
+    async def _read(
+        self,
+        *,
+        requests: AsyncIterator[pb.StreamDeliveryRequest],
+        acks: asyncio.Queue[Any],
+        principal: Principal,
+        stream_id: str,
+        generation: int,
+        next_seq: int,
+    ) -> None:
+        """Read batches while the window has room (a full window stops reading, and HTTP/2
+        flow control pushes back on the producer), submitting each in order."""
+        expected = next_seq
+        limits = self._ledger.limits
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(requests), limits.idle_seconds)
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                batch = message.batch
+                if not message.HasField("batch"):
+                    await acks.put(
+                        _failed(
+                            invalid(
+                                Reason.INVALID_REQUEST,
+                                [
+                                    FieldViolation(
+                                        "open",
+                                        "a stream is opened once; later messages are batches",
+                                    )
+                                ],
+                            )
+                        )
+                    )
+                    break
+                if batch.seq < expected:
+                    await acks.put(
+                        _ready(
+                            pb.BatchAck(
+                                seq=batch.seq,
+                                disposition=pb.BATCH_DISPOSITION_DUPLICATE,
+                                next_seq=expected,
+                            )
+                        )
+                    )
+                    continue
+                if batch.seq > expected or not 1 <= len(batch.reports) <= limits.max_batch_reports:
+                    error = (
+                        sequence_gap(expected, batch.seq)
+                        if batch.seq > expected
+                        else invalid(
+                            Reason.INVALID_REQUEST,
+                            [
+                                FieldViolation(
+                                    "batch.reports",
+                                    f"must hold 1..{limits.max_batch_reports} reports",
+                                )
+                            ],
+                        )
+                    )
+                    rejected = pb.BatchAck(
+                        seq=batch.seq,
+                        disposition=pb.BATCH_DISPOSITION_REJECTED,
+                        next_seq=expected,
+                    )
+                    rejected.error.CopyFrom(rich_status(error))
+                    await acks.put(_ready(rejected))
+                    continue
+                stream_batch = StreamBatch(
+                    principal.org_id,
+                    principal.principal_id,
+                    stream_id,
+                    generation,
+                    batch.seq,
+                    [_report(r, i) for i, r in enumerate(batch.reports)],
+                    utcnow(),
+                )
+                expected += 1
+                await acks.put(
+                    asyncio.ensure_future(
+                        _committed(self._ledger.commit(stream_batch), batch.seq, expected)
+                    )
+                )
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                acks.put_nowait(_END)
+            if acks.full():
+                await acks.put(_END)
+
+    async def WatchPlan(
+        self, request: pb.WatchPlanRequest, context: Context
+    ) -> AsyncIterator[pb.WatchPlanResponse]:
+        principal = current_principal()
+        if not request.plan_id:
+            raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_id", "required")])
+        governance = self._ledger.governance
+        view = await governance.plan_view(principal, request.plan_id)
+        terms = terms_from_document(view.plan.document)
+        started = utcnow()
+        yield pb.WatchPlanResponse(
+            event=pb.PlanEvent(
+                type=pb.PLAN_EVENT_TYPE_SNAPSHOT,
+                plan_id=request.plan_id,
+                occurred_at=to_timestamp(started),
+                state=encode_plan_state(view, terms),
+            ),
+            heartbeat_interval=duration_pb2.Duration(
+                seconds=int(self._heartbeat), nanos=int(self._heartbeat % 1 * 1e9)
+            ),
+        )
+        watermark = (epoch_micros(started), "")
+        status_version = (view.plan.status, view.plan.version)
+        while True:
+            await self._ledger.wait_for_change(principal, request.plan_id, self._heartbeat)
+            changes, now_status = await self._ledger.changes_since(
+                principal, request.plan_id, watermark, MAX_WATCH_BACKLOG
+            )
+            if len(changes) > MAX_WATCH_BACKLOG:
+                raise ReckonError(
+                    Reason.WATCH_LAGGING,
+                    "the watcher fell too far behind; reopen it for a fresh snapshot",
+                    {"plan_id": request.plan_id},
+                    retry_after_seconds=1.0,
+                )
+            events = []
+            for change in changes:
+                watermark = (epoch_micros(change.created_at), change.row_id)
+                events.append(
+                    pb.PlanEvent(
+                        type={
+                            "check": pb.PLAN_EVENT_TYPE_CHECK,
+                            "commitment": pb.PLAN_EVENT_TYPE_COMMITMENT,
+                            "delivery": pb.PLAN_EVENT_TYPE_DELIVERY,
+                        }[change.kind],
+                        plan_id=request.plan_id,
+                        occurred_at=to_timestamp(change.created_at),
+                        findings=[
+                            encode_finding(finding_from_document(f)) for f in change.findings
+                        ],
+                        check_id=change.row_id if change.kind == "check" else "",
+                        outcome_id=change.row_id if change.kind != "check" else "",
+                    )
+                )
+            if now_status != status_version:
+                kind = (
+                    pb.PLAN_EVENT_TYPE_STATUS_CHANGED
+                    if now_status[0] != status_version[0]
+                    else pb.PLAN_EVENT_TYPE_PLAN_UPDATED
+                )
+                status_version = now_status
+                events.append(
+                    pb.PlanEvent(
+                        type=kind, plan_id=request.plan_id, occurred_at=to_timestamp(utcnow())
+                    )
+                )
+            if any(e.type in _MONEY_EVENTS for e in events):
+                view = await governance.plan_view(principal, request.plan_id)
+                events[-1].state.CopyFrom(
+                    encode_plan_state(view, terms_from_document(view.plan.document))
+                )
+            for event in events:
+                yield pb.WatchPlanResponse(event=event)
+            if not events:
+                yield pb.WatchPlanResponse()  # heartbeat
+
+
+_FENCED, _DRAINING = object(), object()
+_MONEY_EVENTS = {
+    pb.PLAN_EVENT_TYPE_COMMITMENT,
+    pb.PLAN_EVENT_TYPE_STATUS_CHANGED,
+    pb.PLAN_EVENT_TYPE_PLAN_UPDATED,
+    pb.PLAN_EVENT_TYPE_CHECK,
+}
+
+
+async def _first_of(item: Awaitable[Any], fenced: Awaitable[Any], draining: Awaitable[Any]) -> Any:
+    """The next queued ack, unless the stream is fenced or the server drains first."""
+    tasks = {
+        asyncio.ensure_future(item): None,
+        asyncio.ensure_future(fenced): _FENCED,
+        asyncio.ensure_future(draining): _DRAINING,
+    }
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task, marker in tasks.items():
+        if task in done and marker is None:
+            return task.result()
+    for task, marker in tasks.items():
+        if task in done:
+            return marker
+    raise AssertionError("unreachable")
+
+
+async def _drain(acks: asyncio.Queue[Any]) -> AsyncIterator[pb.StreamDeliveryResponse]:
+    """Acknowledge whatever was already submitted, then stop."""
+    while not acks.empty():
+        item = acks.get_nowait()
+        if item is _END:
+            return
+        with contextlib.suppress(ReckonError):
+            yield pb.StreamDeliveryResponse(ack=await item)
+
+
+def _ready(ack: pb.BatchAck) -> asyncio.Future[pb.BatchAck]:
+    future: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
+    future.set_result(ack)
+    return future
+
+
+def _failed(error: ReckonError) -> asyncio.Future[pb.BatchAck]:
+    future: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -> pb.BatchAck:
+    applied = await commit
+    results = []
+    for result in applied.results:
+        if isinstance(result, ReckonError):
+            failed = pb.DeliveryResult()
+            failed.error.CopyFrom(rich_status(result))
+            results.append(failed)
+        else:
+            results.append(
+                pb.DeliveryResult(
+                    accepted=pb.DeliveryAccepted(
+                        outcome_id=result.outcome_id,
+                        status=types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
+                        if result.findings
+                        else types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED,
+                        findings=[encode_finding(f) for f in result.findings],
+                    )
+                )
+            )
+    return pb.BatchAck(
+        seq=seq, disposition=pb.BATCH_DISPOSITION_COMMITTED, results=results, next_seq=next_seq
+    )
+
+
+def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
+    """A validated report, or the error it gets in its ack (the batch goes on)."""
+    path = f"reports[{index}]"
+    out: list[FieldViolation] = []
+    if not item.plan_id:
+        out.append(FieldViolation(f"{path}.plan_id", "required"))
+    figures = delivery_figures(item.delivery, f"{path}.delivery", out)
+    if not item.delivery.media_buy_id and not item.governance_context:
+        out.append(
+            FieldViolation(
+                f"{path}.delivery.media_buy_id",
+                "required unless governance_context names the campaign",
+            )
+        )
+    if out or figures is None:
+        return invalid(Reason.INVALID_REQUEST, out or [FieldViolation(path, "invalid")])
+    return StreamReport(
+        item.plan_id,
+        figures.media_buy_id,
+        item.governance_context,
+        figures.period_start,
+        figures.period_end,
+        figures.spend_micros,
+        figures.impressions,
+        figures.cpm_micros,
+        figures.viewability_rate,
+        figures.completion_rate,
+    )

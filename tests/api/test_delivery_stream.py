@@ -1,0 +1,151 @@
+"""StreamDelivery's protocol on SQLite and PostgreSQL: acks after commit, per-report results,
+duplicates, gaps, resume, fencing and backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import types_pb2
+from reckon_server.storage.database import Database
+from tests.support.api import RunningServer, bearer, decode
+from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.governance import M
+
+PLAN = "streamed"
+
+
+async def test_batches_are_acked_in_order_with_per_report_results(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "producer", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "producer-1")
+    opened = await stream.opened()
+    assert (opened.stream_id, opened.next_seq, opened.max_batch_reports) == ("producer-1", 1, 1000)
+    stream.send(
+        1,
+        [
+            report(PLAN, "mb_1", 15, 1_000 * M),
+            report(PLAN, "mb_1", 16, 1_000 * M, viewability_rate=1.5),
+            report(PLAN, "mb_unknown", 16, 1_000 * M),
+            report("not-my-plan", "mb_1", 16, 1_000 * M),
+            report(PLAN, "mb_1", 16, 2_000 * M, cpm_micros=50 * M),
+        ],
+    )
+    ack = await stream.ack()
+    assert (ack.seq, ack.disposition, ack.next_seq) == (1, pb.BATCH_DISPOSITION_COMMITTED, 2)
+    kinds = [r.WhichOneof("result") for r in ack.results]
+    assert kinds == ["accepted", "error", "error", "error", "accepted"]
+    assert ack.results[0].accepted.outcome_id.startswith("out_")
+    assert ack.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert ack.results[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "MEDIA_BUY_NOT_FOUND" in str(ack.results[2].error.details[0].value)
+    assert "PLAN_NOT_FOUND" in str(ack.results[3].error.details[0].value)
+    assert ack.results[4].accepted.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
+    assert any("CPM" in f.explanation for f in ack.results[4].accepted.findings)
+    assert (await buyer.state(PLAN)).spend_micros == 3_000 * M
+
+    stream.send(1, [report(PLAN, "mb_1", 15, 9_999 * M)])  # already committed
+    duplicate = await stream.ack()
+    assert (duplicate.seq, duplicate.disposition, duplicate.next_seq) == (
+        1,
+        pb.BATCH_DISPOSITION_DUPLICATE,
+        2,
+    )
+    stream.send(5, [report(PLAN, "mb_1", 17, M)])  # skips 2..4
+    gap = await stream.ack()
+    assert (gap.disposition, gap.next_seq) == (pb.BATCH_DISPOSITION_REJECTED, 2)
+    assert gap.error.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+    stream.send(2, [report(PLAN, "mb_1", 17, 500 * M)])
+    assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    stream.close()
+    # Nothing of the duplicate or the rejected batch was written.
+    assert (await buyer.state(PLAN)).spend_micros == 3_500 * M
+
+    resumed = RawStream(api, buyer.key, "producer-1")
+    assert (await resumed.opened()).next_seq == 3
+    resumed.close()
+
+
+async def test_a_newer_connection_fences_the_older_one(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "fenced", PLAN, {"mb_1": 150_000})
+    old = RawStream(api, buyer.key, "shared-id")
+    await old.opened()
+    old.send(1, [report(PLAN, "mb_1", 15, M)])
+    assert (await old.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    new = RawStream(api, buyer.key, "shared-id")
+    assert (await new.opened()).next_seq == 2
+    with pytest.raises(aio.AioRpcError) as raised:
+        await old.ack()
+    error = decode(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STREAM_FENCED")
+    new.send(2, [report(PLAN, "mb_1", 16, M)])
+    assert (await new.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    new.close()
+
+
+async def test_stream_ids_belong_to_their_producer(api: RunningServer) -> None:
+    first = await committed_plan(api, "first", PLAN, {})
+    second = await committed_plan(api, "second", "other-plan", {})
+    mine = RawStream(api, first.key, "taken")
+    await mine.opened()
+    mine.close()
+    theirs = RawStream(api, second.key, "taken")
+    with pytest.raises(aio.AioRpcError) as raised:
+        await theirs.opened()
+    assert decode(raised.value).reason == "INVALID_REQUEST"
+
+
+async def test_the_first_message_must_open_the_stream(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "confused", PLAN, {})
+    requests: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue()
+    requests.put_nowait(pb.StreamDeliveryRequest(batch=pb.DeliveryBatch(seq=1)))
+
+    async def iterate():  # type: ignore[no-untyped-def]
+        while (message := await requests.get()) is not None:
+            yield message
+
+    call = api.stubs.delivery.StreamDelivery(iterate(), metadata=bearer(buyer.key))
+    with pytest.raises(aio.AioRpcError) as raised:
+        await call.read()
+    assert decode(raised.value).violations[0][0] == "open.stream_id"
+    requests.put_nowait(None)
+
+
+async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) -> None:
+    api = await RunningServer.start(database_url, stream_window=4)
+    try:
+        buyer = await committed_plan(api, "greedy", PLAN, {"mb_1": 150_000})
+        stream = RawStream(api, buyer.key, "greedy-1")
+        await stream.opened()
+        big = [report(PLAN, "mb_1", 15, M) for _ in range(200)]
+        for seq in range(1, 101):
+            stream.send(seq, big)
+        await asyncio.sleep(3)
+        # The server read at most its window plus what transport buffers hold; it did not
+        # buffer two hundred batches in memory.
+        # It stopped reading: what it committed is its window plus the acks transport
+        # buffers hold, far below the 100 batches offered.
+        committed = await _committed_batches(api.database_url, "greedy-1")
+        assert 1 <= committed <= 40, committed
+        acks = [await stream.ack() for _ in range(100)]
+        assert [a.seq for a in acks] == list(range(1, 101))
+        stream.close()
+    finally:
+        await api.close()
+
+
+async def _committed_batches(database_url: str, stream_id: str) -> int:
+    database = Database(database_url)
+    try:
+        async with database.read() as conn:
+            next_seq = await conn.scalar(
+                sa.text("SELECT next_seq FROM delivery_streams WHERE stream_id = :s"),
+                {"s": stream_id},
+            )
+    finally:
+        await database.dispose()
+    return int(next_seq) - 1

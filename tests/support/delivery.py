@@ -1,0 +1,78 @@
+"""A raw StreamDelivery connection for protocol tests, and report builders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import types_pb2
+from tests.support.api import RunningServer, bearer
+from tests.support.governance import Buyer, plan, ts
+
+
+class RawStream:
+    """One StreamDelivery connection driven message by message."""
+
+    def __init__(self, api: RunningServer, key: str, stream_id: str) -> None:
+        self._requests: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue()
+        self.call = api.stubs.delivery.StreamDelivery(self._iterate(), metadata=bearer(key))
+        self._requests.put_nowait(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=stream_id)))
+
+    async def _iterate(self) -> AsyncIterator[pb.StreamDeliveryRequest]:
+        while (message := await self._requests.get()) is not None:
+            yield message
+
+    async def opened(self) -> pb.StreamOpened:
+        response = await asyncio.wait_for(self.call.read(), 10)
+        return response.opened
+
+    def send(self, seq: int, reports: list[pb.PlanDelivery]) -> None:
+        self._requests.put_nowait(
+            pb.StreamDeliveryRequest(batch=pb.DeliveryBatch(seq=seq, reports=reports))
+        )
+
+    async def ack(self) -> pb.BatchAck:
+        response = await asyncio.wait_for(self.call.read(), 10)
+        assert response is not aio.EOF, "stream ended"
+        return response.ack
+
+    def close(self) -> None:
+        self._requests.put_nowait(None)
+
+
+def report(
+    plan_id: str,
+    media_buy_id: str,
+    day: int,
+    spend_micros: int,
+    impressions: int = 10_000,
+    **extra: Any,
+) -> pb.PlanDelivery:
+    """Delivery of one day of March 2026 (day 15 is the flight's first)."""
+    return pb.PlanDelivery(
+        plan_id=plan_id,
+        delivery=types_pb2.DeliveryReport(
+            media_buy_id=media_buy_id,
+            reporting_period=types_pb2.ReportingPeriod(
+                start=ts(f"2026-03-{day:02d}T00:00:00Z"), end=ts(f"2026-03-{day + 1:02d}T00:00:00Z")
+            ),
+            spend_micros=spend_micros,
+            impressions=impressions,
+            **extra,
+        ),
+    )
+
+
+async def committed_plan(
+    api: RunningServer, name: str, plan_id: str, media_buys: dict[str, int]
+) -> Buyer:
+    """An agent with a plan whose media buys are committed (amounts in currency units)."""
+    buyer = Buyer(api, await api.register(name))
+    await buyer.sync(plan(plan_id, 10_000_000))
+    for media_buy_id, amount in media_buys.items():
+        await buyer.commit(plan_id, amount, media_buy_id)
+    return buyer
