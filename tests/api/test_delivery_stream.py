@@ -121,18 +121,18 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         buyer = await committed_plan(api, "greedy", PLAN, {"mb_1": 150_000})
         stream = RawStream(api, buyer.key, "greedy-1")
         await stream.opened()
-        big = [report(PLAN, "mb_1", 15, M) for _ in range(200)]
-        for seq in range(1, 101):
+        big = [report(PLAN, "mb_1", 15, M) for _ in range(1000)]
+        for seq in range(1, 61):
             stream.send(seq, big)
         await asyncio.sleep(3)
         # The server read at most its window plus what transport buffers hold; it did not
         # buffer two hundred batches in memory.
         # It stopped reading: what it committed is its window plus the acks transport
-        # buffers hold, far below the 100 batches offered.
+        # buffers hold, far below the 60 batches offered.
         committed = await _committed_batches(api.database_url, "greedy-1")
         assert 1 <= committed <= 40, committed
-        acks = [await stream.ack() for _ in range(100)]
-        assert [a.seq for a in acks] == list(range(1, 101))
+        acks = [await stream.ack() for _ in range(60)]
+        assert [a.seq for a in acks] == list(range(1, 61))
         stream.close()
     finally:
         await api.close()

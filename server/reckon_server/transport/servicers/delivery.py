@@ -190,11 +190,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     utcnow(),
                 )
                 expected += 1
-                await acks.put(
-                    asyncio.ensure_future(
-                        _committed(self._ledger.commit(stream_batch), batch.seq, expected)
-                    )
+                pending = asyncio.ensure_future(
+                    _committed(self._ledger.commit(stream_batch), batch.seq, expected)
                 )
+                # A stream that ends early never awaits its last acks; their failures are
+                # expected then, not "never retrieved".
+                pending.add_done_callback(_observe)
+                await acks.put(pending)
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 acks.put_nowait(_END)
@@ -314,6 +316,11 @@ async def _drain(acks: asyncio.Queue[Any]) -> AsyncIterator[pb.StreamDeliveryRes
             return
         with contextlib.suppress(ReckonError):
             yield pb.StreamDeliveryResponse(ack=await item)
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _ready(ack: pb.BatchAck) -> asyncio.Future[pb.BatchAck]:
