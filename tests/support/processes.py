@@ -37,8 +37,15 @@ class ServerProcess:
 
     def peak_rss_mib(self) -> float:
         """The process's peak resident set size so far (VmHWM)."""
+        return self._status_mib("VmHWM:")
+
+    def rss_mib(self) -> float:
+        """The process's resident set size now (VmRSS)."""
+        return self._status_mib("VmRSS:")
+
+    def _status_mib(self, field: str) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(li for li in status.splitlines() if li.startswith("VmHWM:"))
+        line = next(li for li in status.splitlines() if li.startswith(field))
         return int(line.split()[1]) / 1024
 
 

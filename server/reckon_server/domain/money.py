@@ -4,7 +4,7 @@ JSON and finding details, which speak currency units."""
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -33,17 +33,6 @@ def micros_to_units(micros: int | Fraction) -> int | float:
     """Currency units for finding details: an int when whole, else a float."""
     units = Fraction(micros) / MICROS
     return int(units) if units.denominator == 1 else float(units)
-
-
-def round_half_up(value: Fraction) -> int:
-    return int(
-        (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal(1), ROUND_HALF_UP)
-    )
-
-
-def round_units(micros: Fraction | int) -> int:
-    """Whole currency units, half up (as the seed's pacing figures)."""
-    return round_half_up(Fraction(micros) / MICROS)
 
 
 def format_money(micros: int, currency: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from fractions import Fraction
 
 from reckon_server.domain.findings import (
     BUDGET_AUTHORITY,
@@ -13,27 +12,42 @@ from reckon_server.domain.findings import (
     Finding,
     Severity,
 )
-from reckon_server.domain.money import format_money, micros_to_units, round_half_up, round_units
+from reckon_server.domain.money import format_money, micros_to_units
 
 DEFAULT_THRESHOLD_PCT = 20
-CPM_TOLERANCE = Fraction(5, 100)
+CPM_TOLERANCE_DIVISOR = 20
+"""A reported CPM within 1/20 (5 %) of spend / impressions * 1000 is consistent."""
 _DAY = 86_400
 _WEEK = 7
 
 
 @dataclass(frozen=True)
 class Pacing:
-    """The pacing figures of one media buy after one reporting period (micros, exact)."""
+    """The pacing figures of one media buy after one reporting period."""
 
-    planned_weekly: Fraction
-    actual_weekly: Fraction
+    planned_weekly_units: int
+    actual_weekly_units: int
     overpace_pct: int
     projected_exhaustion: datetime | None
     weeks_early: int | None
 
 
-def _days(delta: timedelta) -> Fraction:
-    return Fraction(int(delta.total_seconds() * 1_000_000), _DAY * 1_000_000)
+_WEEK_US = _WEEK * _DAY * 1_000_000
+_MICROS = 1_000_000
+
+
+def _us(delta: timedelta) -> int:
+    return (delta.days * _DAY + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half up (denominator > 0), in integers."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _trunc_div(numerator: int, denominator: int) -> int:
+    quotient = abs(numerator) // abs(denominator)
+    return quotient if (numerator >= 0) == (denominator > 0) else -quotient
 
 
 def pacing(
@@ -46,32 +60,41 @@ def pacing(
     period_spend_micros: int,
     cumulative_spend_micros: int,
 ) -> Pacing | None:
-    """Linear pacing; None when it is undefined (nothing committed, an empty flight or
-    period, or a period that ends before the flight starts)."""
-    flight_days = _days(flight_end - flight_start)
-    period_days = _days(period_end - period_start)
-    elapsed_days = _days(period_end - flight_start)
-    if committed_micros <= 0 or flight_days <= 0 or period_days <= 0 or elapsed_days <= 0:
+    """Linear pacing in exact integer arithmetic (micros, microseconds); None when it is
+    undefined (nothing committed, an empty flight or period, or a period that ends before the
+    flight starts)."""
+    flight_us = _us(flight_end - flight_start)
+    period_us = _us(period_end - period_start)
+    elapsed_us = _us(period_end - flight_start)
+    if committed_micros <= 0 or flight_us <= 0 or period_us <= 0 or elapsed_us <= 0:
         return None
-    weeks = max(1, round_half_up(flight_days / _WEEK))
-    planned_weekly = Fraction(committed_micros, weeks)
-    actual_weekly = period_spend_micros * _WEEK / period_days
-    expected_to_date = planned_weekly * elapsed_days / _WEEK
-    overpace_pct = math.trunc((cumulative_spend_micros / expected_to_date - 1) * 100)
+    weeks = max(1, _half_up(flight_us, _WEEK_US))
+    # expected_to_date = committed / weeks * elapsed / week; overpace = cumulative / expected - 1
+    expected_scaled = committed_micros * elapsed_us
+    overpace_pct = _trunc_div(
+        100 * (cumulative_spend_micros * weeks * _WEEK_US - expected_scaled), expected_scaled
+    )
     exhaustion = weeks_early = None
     if cumulative_spend_micros > 0:
-        days_to_exhaust = committed_micros / (cumulative_spend_micros / elapsed_days)
-        exhaustion = flight_start + timedelta(seconds=float(days_to_exhaust * _DAY))
-        weeks_early = round_half_up(_days(flight_end - exhaustion) / _WEEK)
-    return Pacing(planned_weekly, actual_weekly, overpace_pct, exhaustion, weeks_early)
+        exhaustion = flight_start + timedelta(
+            microseconds=committed_micros * elapsed_us // cumulative_spend_micros
+        )
+        weeks_early = _half_up(_us(flight_end - exhaustion), _WEEK_US)
+    return Pacing(
+        planned_weekly_units=_half_up(committed_micros, weeks * _MICROS),
+        actual_weekly_units=_half_up(period_spend_micros * _WEEK_US, period_us * _MICROS),
+        overpace_pct=overpace_pct,
+        projected_exhaustion=exhaustion,
+        weeks_early=weeks_early,
+    )
 
 
 def pacing_finding(figures: Pacing, threshold_pct: int = DEFAULT_THRESHOLD_PCT) -> Finding | None:
     if abs(figures.overpace_pct) < threshold_pct:
         return None
     details: dict[str, object] = {
-        "planned_weekly_spend": round_units(figures.planned_weekly),
-        "actual_weekly_spend": round_units(figures.actual_weekly),
+        "planned_weekly_spend": figures.planned_weekly_units,
+        "actual_weekly_spend": figures.actual_weekly_units,
         "overpace_pct": figures.overpace_pct,
     }
     if figures.overpace_pct > 0:
@@ -109,30 +132,27 @@ def cpm_finding(spend_micros: int, impressions: int, cpm_micros: int | None) -> 
     """Flags a reported CPM more than 5 % away from spend / impressions * 1000."""
     if cpm_micros is None or impressions <= 0:
         return None
-    implied = Fraction(spend_micros * 1000, impressions)
-    if implied == 0:
-        consistent = cpm_micros == 0
-    else:
-        consistent = abs(cpm_micros - implied) / implied <= CPM_TOLERANCE
-    if consistent:
+    # Compare cpm * impressions with spend * 1000, in integers: within 5 % is consistent.
+    implied_scaled, reported_scaled = spend_micros * 1000, cpm_micros * impressions
+    if abs(reported_scaled - implied_scaled) * CPM_TOLERANCE_DIVISOR <= implied_scaled and (
+        implied_scaled or not reported_scaled
+    ):
         return None
+    implied = implied_scaled / impressions
     return Finding(
         SELLER_VERIFICATION,
         Severity.WARNING,
         f"Reported CPM {micros_to_units(cpm_micros)} does not match spend and impressions "
-        f"(implied CPM {float(implied / 1_000_000):.2f}).",
+        f"(implied CPM {implied / 1_000_000:.2f}).",
         {
             "reported_cpm": micros_to_units(cpm_micros),
-            "implied_cpm": round(float(implied / 1_000_000), 6),
+            "implied_cpm": round(implied / 1_000_000, 6),
         },
     )
 
 
 def _iso_day(moment: datetime) -> str:
     return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-_DAY_US = _DAY * 1_000_000
 
 
 def delivery_findings(

@@ -282,19 +282,15 @@ class ApplyDeliveryBatches:
                 .group_by(delivery_periods.c.governance_context)
             ):
                 totals[context] = int(total or 0)
-            keys = {
-                (
-                    campaign_rows[k].governance_context,
-                    epoch_micros(r.period_start),
-                    epoch_micros(r.period_end),
-                )
+            # Periods this transaction may replace: each campaign's rows within the time
+            # range its reports cover (usually few or none; new periods are not stored yet).
+            starts = [
+                epoch_micros(r.period_start)
                 for b in batches
                 for r in b.reports
                 if isinstance(r, StreamReport)
-                for k in [_campaign_key(b.org_id, r)]
-                if k in campaign_rows
-            }
-            if keys:
+            ]
+            if starts:
                 for row in await conn.execute(
                     sa.select(
                         delivery_periods.c.governance_context,
@@ -302,11 +298,8 @@ class ApplyDeliveryBatches:
                         delivery_periods.c.period_end,
                         delivery_periods.c.spend_micros,
                     ).where(
-                        sa.tuple_(
-                            delivery_periods.c.governance_context,
-                            delivery_periods.c.period_start,
-                            delivery_periods.c.period_end,
-                        ).in_(sorted(keys))
+                        delivery_periods.c.governance_context.in_(contexts),
+                        delivery_periods.c.period_start.between(min(starts), max(starts)),
                     )
                 ):
                     periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
@@ -461,7 +454,12 @@ def _missing_campaign(report: StreamReport) -> ReckonError:
     )
 
 
+_NO_FINDINGS = canonical_json({"findings": []})
+
+
 def _findings_json(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return _NO_FINDINGS
     return canonical_json(
         {
             "findings": [

@@ -38,7 +38,8 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _REGION = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 _CONTEXT = re.compile(r"^[\x20-\x7e]{1,4096}$")
-_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
+MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799
+"""The range of valid Timestamp seconds (years 1 to 9999)."""
 MAX_PLANS = 100
 HUMAN_REVIEW_CATEGORIES = frozenset(
     {"fair_housing", "fair_lending", "fair_employment", "pharmaceutical_advertising"}
@@ -88,7 +89,7 @@ def _time(
             out.append(FieldViolation(path, "required"))
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    if not (_MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 10**9):
+    if not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 10**9):
         out.append(FieldViolation(path, "is not a valid timestamp"))
         return None
     return stamp.ToDatetime(tzinfo=UTC)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -14,6 +15,7 @@ from grpc import aio
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import delivery_service_pb2_grpc, types_pb2
 from reckon_server.clock import utcnow
+from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
 from reckon_server.services.delivery import DeliveryLedger
@@ -29,6 +31,8 @@ from reckon_server.storage.types import epoch_micros
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.context import current_principal
 from reckon_server.transport.governance_codec import (
+    MAX_SECONDS,
+    MIN_SECONDS,
     delivery_figures,
     encode_finding,
     encode_plan_state,
@@ -361,7 +365,23 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
 
 
 def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
-    """A validated report, or the error it gets in its ack (the batch goes on)."""
+    """A validated report, or the error it gets in its ack (the batch goes on). Plainly valid
+    reports take a direct path; anything else gets the full rules with field paths."""
+    if _plainly_valid(item):
+        delivery = item.delivery
+        period = delivery.reporting_period
+        return StreamReport(
+            item.plan_id,
+            delivery.media_buy_id,
+            item.governance_context,
+            period.start.ToDatetime(tzinfo=UTC),
+            period.end.ToDatetime(tzinfo=UTC),
+            delivery.spend_micros,
+            delivery.impressions,
+            delivery.cpm_micros if delivery.HasField("cpm_micros") else None,
+            delivery.viewability_rate if delivery.HasField("viewability_rate") else None,
+            delivery.completion_rate if delivery.HasField("completion_rate") else None,
+        )
     path = f"reports[{index}]"
     out: list[FieldViolation] = []
     if not item.plan_id:
@@ -387,4 +407,29 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         figures.cpm_micros,
         figures.viewability_rate,
         figures.completion_rate,
+    )
+
+
+def _plainly_valid(item: pb.PlanDelivery) -> bool:
+    """The same rules as `delivery_figures`, checked without collecting violations."""
+    delivery = item.delivery
+    period = delivery.reporting_period
+    start, end = period.start, period.end
+    return bool(
+        item.plan_id
+        and (delivery.media_buy_id or item.governance_context)
+        and len(delivery.media_buy_id) <= 255
+        and 0 <= delivery.spend_micros <= MAX_AMOUNT_MICROS
+        and delivery.impressions >= 0
+        and period.HasField("start")
+        and period.HasField("end")
+        and MIN_SECONDS <= start.seconds <= MAX_SECONDS
+        and MIN_SECONDS <= end.seconds <= MAX_SECONDS
+        and 0 <= start.nanos < 10**9
+        and 0 <= end.nanos < 10**9
+        and (start.seconds, start.nanos) < (end.seconds, end.nanos)
+        and (not delivery.HasField("cpm_micros") or 0 <= delivery.cpm_micros <= MAX_AMOUNT_MICROS)
+        and (not delivery.HasField("viewability_rate") or 0 <= delivery.viewability_rate <= 1)
+        and (not delivery.HasField("completion_rate") or 0 <= delivery.completion_rate <= 1)
+        and not delivery.HasField("ext")
     )

@@ -1,0 +1,217 @@
+"""Delivery ingest: StreamDelivery against its two bounds, in one run.
+
+    .venv/bin/python -m tests.perf.bench_delivery [--reports 200000] [--soak 10000000]
+
+(a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
+delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound),
+(c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL. Batches of 500 from a client
+in a separate process. `--soak N` streams N reports to SQLite and prints the server's RSS
+as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from grpc import aio
+
+from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
+from reckon.v1 import governance_service_pb2 as pb
+from tests.support.api import Stubs, new_secret
+from tests.support.governance import plan, seed_payload, seed_seller_response, struct
+from tests.support.postgres import start_postgres
+from tests.support.processes import ServerProcess, start_module, start_reckon
+
+BATCH = 500
+MEDIA_BUYS = 50
+PLAN = "bench-plan"
+
+
+async def prepare(server: ServerProcess, admin: str) -> str:
+    """An agent whose plan has MEDIA_BUYS committed media buys; returns its key."""
+    async with aio.insecure_channel(server.target) as channel:
+        key = (
+            await admin_service_pb2_grpc.AdminServiceStub(channel).RegisterAgent(
+                admin_service_pb2.RegisterAgentRequest(name="bench"),
+                metadata=(("authorization", f"Bearer {admin}"),),
+            )
+        ).api_key
+        md = (("authorization", f"Bearer {key}"),)
+        stubs = Stubs.on(channel)
+        await stubs.governance.SyncPlans(
+            pb.SyncPlansRequest(
+                idempotency_key="bench-sync-0000001", plans=[plan(PLAN, 100_000_000)]
+            ),
+            metadata=md,
+        )
+        for n in range(MEDIA_BUYS):
+            check = await stubs.governance.CheckGovernance(
+                pb.CheckGovernanceRequest(
+                    plan_id=PLAN,
+                    caller="https://bench.example",
+                    payload=struct(seed_payload(1_000_000)),
+                ),
+                metadata=md,
+            )
+            await stubs.governance.ReportPlanOutcome(
+                pb.ReportPlanOutcomeRequest(
+                    plan_id=PLAN,
+                    check_id=check.check_id,
+                    idempotency_key=f"bench-settle-{n:08d}",
+                    outcome=pb.OUTCOME_TYPE_COMPLETED,
+                    seller_response=seed_seller_response(1_000_000, media_buy_id=f"mb_{n}"),
+                ),
+                metadata=md,
+            )
+    return key
+
+
+async def client(target: str, key: str, stream_id: str, reports: int) -> dict[str, float]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.perf.delivery_client",
+        target,
+        key,
+        stream_id,
+        PLAN,
+        str(MEDIA_BUYS),
+        str(reports),
+        str(BATCH),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, "load generator failed"
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def sqlite_bound(path: Path, reports: int) -> float:
+    """Reports/s of the same upserts through plain sqlite3, 500 per transaction."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(
+        "CREATE TABLE delivery_periods (governance_context TEXT, period_start INTEGER, "
+        "period_end INTEGER, org_id TEXT, plan_id TEXT, spend_micros INTEGER, "
+        "impressions INTEGER, cpm_micros INTEGER, viewability_rate REAL, completion_rate REAL, "
+        "outcome_id TEXT, updated_at INTEGER, "
+        "PRIMARY KEY (governance_context, period_start, period_end))"
+    )
+    base = 1_773_532_800_000_000
+    rows = [
+        (
+            f"gc_{n % MEDIA_BUYS}",
+            base + (n // MEDIA_BUYS) * 60_000_000,
+            base + (n // MEDIA_BUYS + 1) * 60_000_000,
+            "org",
+            PLAN,
+            1_000_000,
+            100,
+            10_000_000,
+            None,
+            None,
+            f"out_{n:024d}",
+            base,
+        )
+        for n in range(reports)
+    ]
+    sql = (
+        "INSERT INTO delivery_periods VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT "
+        "(governance_context, period_start, period_end) DO UPDATE SET "
+        "spend_micros = excluded.spend_micros, outcome_id = excluded.outcome_id"
+    )
+    started = time.perf_counter()
+    for first in range(0, reports, BATCH):
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(sql, rows[first : first + BATCH])
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return reports / elapsed
+
+
+async def reckon_run(url: str, reports: int) -> tuple[dict[str, float], float]:
+    admin = new_secret()
+    server = await start_reckon(url, admin)
+    try:
+        key = await prepare(server, admin)
+        result = await client(server.target, key, "bench-stream", reports)
+        return result, server.peak_rss_mib()
+    finally:
+        await server.stop()
+
+
+async def soak(reports: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        admin = new_secret()
+        server = await start_reckon(f"sqlite+aiosqlite:///{Path(tmp) / 'soak.db'}", admin)
+        try:
+            key = await prepare(server, admin)
+            chunk = 500_000
+            for sent in range(0, reports, chunk):
+                result = await client(
+                    server.target, key, f"soak-{sent}", min(chunk, reports - sent)
+                )
+                status = Path(f"/proc/{server.process.pid}/status").read_text()
+                rss = next(li for li in status.splitlines() if li.startswith("VmRSS:"))
+                print(
+                    f"{sent + min(chunk, reports - sent):>11,} reports  "
+                    f"{result['reports'] / result['seconds']:>9,.0f}/s  {rss}",
+                    flush=True,
+                )
+        finally:
+            await server.stop()
+
+
+async def main(reports: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        noop = await start_module("tests.perf.noop_delivery_server")
+        try:
+            baseline = await client(noop.target, "x", "noop", reports)
+        finally:
+            await noop.stop()
+        storage = sqlite_bound(Path(tmp) / "bound.db", reports)
+        sqlite, sqlite_rss = await reckon_run(f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", reports)
+    postgres = start_postgres(private=True)
+    try:
+        pg, pg_rss = await reckon_run(await postgres.create_database(), reports)
+    finally:
+        postgres.stop()
+
+    def rate(result: dict[str, float]) -> float:
+        return result["reports"] / result["seconds"]
+
+    print(
+        f"Delivery benchmark: {reports:,} reports in batches of {BATCH}, window 8, "
+        f"client in its own process"
+    )
+    print(f"(a) no-op grpc.aio bidi servicer      {rate(baseline):>10,.0f} reports/s")
+    print(f"(b) sqlite3 executemany, 500/txn      {storage:>10,.0f} reports/s")
+    for name, result, rss in (
+        ("(c) StreamDelivery on SQLite", sqlite, sqlite_rss),
+        ("(d) StreamDelivery on PostgreSQL", pg, pg_rss),
+    ):
+        print(
+            f"{name:<37} {rate(result):>10,.0f} reports/s   ack p50 {result['p50_ms']:7.1f} ms"
+            f"   p99 {result['p99_ms']:7.1f} ms   server peak RSS {rss:.0f} MiB"
+        )
+    print(
+        f"ratios (c)/(a) {rate(sqlite) / rate(baseline):.1%}   (c)/(b) "
+        f"{rate(sqlite) / storage:.1%}   goal >= 100,000 reports/s on SQLite"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reports", type=int, default=200_000)
+    parser.add_argument("--soak", type=int, default=0, help="stream this many to SQLite instead")
+    arguments = parser.parse_args()
+    asyncio.run(soak(arguments.soak) if arguments.soak else main(arguments.reports))

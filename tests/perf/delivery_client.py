@@ -1,0 +1,100 @@
+"""Load generator for the delivery benchmark, run as its own process:
+
+    python -m tests.perf.delivery_client TARGET KEY STREAM_ID PLAN_ID MEDIA_BUYS REPORTS BATCH
+
+Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so every row is
+distinct), BATCH per batch, keeping a window of 8 un-acked batches. Prints one JSON line:
+reports acknowledged, seconds, ack latency p50/p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import timestamp_pb2
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import delivery_service_pb2_grpc, types_pb2
+
+WINDOW = 8
+START = datetime(2026, 3, 15, tzinfo=UTC)
+
+
+def batches(plan_id: str, media_buys: int, reports: int, size: int) -> list[pb.DeliveryBatch]:
+    out = []
+    for seq, first in enumerate(range(0, reports, size), 1):
+        items = []
+        for n in range(first, min(first + size, reports)):
+            start = START + timedelta(minutes=n // media_buys)
+            begin, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+            begin.FromDatetime(start)
+            end.FromDatetime(start + timedelta(minutes=1))
+            items.append(
+                pb.PlanDelivery(
+                    plan_id=plan_id,
+                    delivery=types_pb2.DeliveryReport(
+                        media_buy_id=f"mb_{n % media_buys}",
+                        reporting_period=types_pb2.ReportingPeriod(start=begin, end=end),
+                        # On plan: 1,000,000 committed over 13 planned weeks is 7.631 a minute.
+                        spend_micros=7_631_000,
+                        impressions=100,
+                        cpm_micros=76_310_000,
+                    ),
+                )
+            )
+        out.append(pb.DeliveryBatch(seq=seq, reports=items))
+    return out
+
+
+async def main(
+    target: str, key: str, stream_id: str, plan_id: str, media_buys: int, reports: int, size: int
+) -> None:
+    work = batches(plan_id, media_buys, reports, size)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    window = asyncio.Semaphore(WINDOW)
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with aio.insecure_channel(target, options=options) as channel:
+        stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
+        call = stub.StreamDelivery(metadata=(("authorization", f"Bearer {key}"),))
+        await call.write(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=stream_id)))
+        await call.read()
+        started = time.perf_counter()
+
+        async def send() -> None:
+            for batch in work:
+                await window.acquire()
+                sent_at[batch.seq] = time.perf_counter()
+                await call.write(pb.StreamDeliveryRequest(batch=batch))
+
+        sender = asyncio.ensure_future(send())
+        acked = 0
+        for _ in work:
+            ack = (await call.read()).ack
+            latencies.append(time.perf_counter() - sent_at[ack.seq])
+            acked += len(ack.results)
+            window.release()
+        elapsed = time.perf_counter() - started
+        await sender
+        await call.done_writing()
+    latencies.sort()
+    print(
+        json.dumps(
+            {
+                "reports": acked,
+                "seconds": elapsed,
+                "p50_ms": latencies[len(latencies) // 2] * 1e3,
+                "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    target, key, stream_id, plan_id, media_buys, reports, size = sys.argv[1:8]
+    asyncio.run(main(target, key, stream_id, plan_id, int(media_buys), int(reports), int(size)))
