@@ -157,14 +157,12 @@ async def soak(reports: int) -> None:
             key = await prepare(server, admin)
             chunk = 500_000
             for sent in range(0, reports, chunk):
-                result = await client(
-                    server.target, key, f"soak-{sent}", min(chunk, reports - sent)
-                )
-                status = Path(f"/proc/{server.process.pid}/status").read_text()
-                rss = next(li for li in status.splitlines() if li.startswith("VmRSS:"))
+                size = min(chunk, reports - sent)
+                result = await client(server.target, key, f"soak-{sent}", size)
                 print(
-                    f"{sent + min(chunk, reports - sent):>11,} reports  "
-                    f"{result['reports'] / result['seconds']:>9,.0f}/s  {rss}",
+                    f"{sent + size:>11,} reports  "
+                    f"{result['reports'] / result['seconds']:>9,.0f}/s  "
+                    f"RSS {server.rss_mib():.0f} MiB (peak {server.peak_rss_mib():.0f} MiB)",
                     flush=True,
                 )
         finally:
