@@ -49,8 +49,10 @@ class ServerProcess:
         return int(line.split()[1]) / 1024
 
 
-async def start_reckon(database_url: str, admin_key: str, **env: str) -> ServerProcess:
-    port = free_port()
+async def start_reckon(
+    database_url: str, admin_key: str, port: int | None = None, **env: str
+) -> ServerProcess:
+    port = port or free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -166,7 +166,9 @@ def test_overpace_sign_matches_exhaustion_before_the_end(
         cumulative_spend_micros=(spend + cumulative_extra) * M,
     )
     assert figures is not None
-    assert figures.projected_exhaustion is not None
+    if figures.projected_exhaustion is None:  # a trickle that outlasts any horizon
+        assert figures.overpace_pct < -90
+        return
     if figures.overpace_pct > 0:
         assert figures.projected_exhaustion <= FLIGHT[1] + timedelta(days=6)
     if figures.overpace_pct < -1:
@@ -270,3 +272,20 @@ def test_an_approval_never_exceeds_the_headroom(amount: int, committed: int, res
     verdict = evaluate(TERMS, headroom, Action(amount), purchase_type=1)
     if verdict.decision is Decision.APPROVED:
         assert amount <= max(headroom.available, 0) or amount == 0
+
+
+def test_a_trickle_of_spend_has_no_exhaustion_date_and_does_not_overflow() -> None:
+    figures = pacing(
+        committed_micros=150_000 * M,
+        flight_start=FLIGHT[0],
+        flight_end=FLIGHT[1],
+        period_start=day("2026-03-15"),
+        period_end=day("2026-03-16"),
+        period_spend_micros=1,
+        cumulative_spend_micros=1,
+    )
+    assert figures is not None
+    assert (figures.projected_exhaustion, figures.weeks_early) == (None, None)
+    finding = pacing_finding(figures)
+    assert finding is not None
+    assert "projected_exhaustion" not in finding.details

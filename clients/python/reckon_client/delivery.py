@@ -83,6 +83,14 @@ class DeliveryStreamer:
             await self._changed.wait_for(lambda: self._next_seq is not None or self._failure)
         self._raise_failure()
 
+    @property
+    def next_seq(self) -> int:
+        """The seq the next batch gets; after `start()`, one more than the last batch this
+        stream ever committed. A restarted producer resumes its input at
+        `(next_seq - 1) * batch_size` reports."""
+        assert self._next_seq is not None, "start() first"
+        return self._next_seq
+
     async def add(self, report: pb.PlanDelivery) -> None:
         """Queue one report; waits while the window of un-acked batches is full."""
         self._pending.append(report)
@@ -124,21 +132,26 @@ class DeliveryStreamer:
             try:
                 await self._connect()
                 attempt = 0
+                continue
             except aio.AioRpcError as err:
                 if err.code() not in _RETRYABLE:
                     await self._fail(ReckonError.from_rpc_error(err) or err)
                     return
-                attempt += 1
-                self.reconnects += 1
-                low, high = self._backoff
-                delay = min(high, low * 2**attempt) * random.uniform(0.5, 1.0)
-                log.info(
-                    "delivery stream %s lost (%s); retrying in %.2fs",
-                    self._stream_id,
-                    err.code().name,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                cause = err.code().name
+            except asyncio.InvalidStateError:
+                # grpc reports a call that died before we wrote to it this way.
+                cause = "call closed"
+            except Exception as err:
+                await self._fail(err)
+                raise
+            attempt += 1
+            self.reconnects += 1
+            low, high = self._backoff
+            delay = min(high, low * 2**attempt) * random.uniform(0.5, 1.0)
+            log.info(
+                "delivery stream %s lost (%s); retrying in %.2fs", self._stream_id, cause, delay
+            )
+            await asyncio.sleep(delay)
 
     async def _fail(self, error: BaseException) -> None:
         async with self._changed:

@@ -33,6 +33,7 @@ class Pacing:
 
 
 _WEEK_US = _WEEK * _DAY * 1_000_000
+_HORIZON_US = 100 * 366 * _DAY * 1_000_000
 _MICROS = 1_000_000
 
 
@@ -75,10 +76,12 @@ def pacing(
         100 * (cumulative_spend_micros * weeks * _WEEK_US - expected_scaled), expected_scaled
     )
     exhaustion = weeks_early = None
-    if cumulative_spend_micros > 0:
-        exhaustion = flight_start + timedelta(
-            microseconds=committed_micros * elapsed_us // cumulative_spend_micros
-        )
+    exhaust_after_us = (
+        committed_micros * elapsed_us // cumulative_spend_micros if cumulative_spend_micros else 0
+    )
+    # Spend so slow that the budget lasts past any horizon has no exhaustion date.
+    if 0 < exhaust_after_us <= _HORIZON_US:
+        exhaustion = flight_start + timedelta(microseconds=exhaust_after_us)
         weeks_early = _half_up(_us(flight_end - exhaustion), _WEEK_US)
     return Pacing(
         planned_weekly_units=_half_up(committed_micros, weeks * _MICROS),

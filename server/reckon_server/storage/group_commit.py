@@ -62,6 +62,8 @@ class GroupCommitter:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
         pending: _Pending[I, R] = _Pending(op, item)
+        # A caller that gave up no longer awaits the result; its failure is then expected.
+        pending.future.add_done_callback(_observe)
         await self._queue.put(pending)
         # A caller that gives up (deadline, cancel) must not cancel the shared future: the
         # writer still resolves it, and the item is committed or failed with its batch.
@@ -119,6 +121,11 @@ class GroupCommitter:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _fail(batch: list[_Pending[Any, Any]], err: ReckonError) -> None:
