@@ -21,7 +21,6 @@ from reckon_server.storage import delivery as store
 from reckon_server.storage.database import Database
 from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.storage.schema import checks, plan_outcomes, plans
-from reckon_server.storage.types import epoch_micros
 
 
 @dataclass(frozen=True)
@@ -129,9 +128,9 @@ class DeliveryLedger:
         )
 
     async def changes_since(
-        self, principal: Principal, plan_id: str, after: tuple[int, str], limit: int
+        self, principal: Principal, plan_id: str, after: tuple[datetime, str], limit: int
     ) -> tuple[list[PlanChange], tuple[int, int]]:
-        """Checks and outcomes of the plan after the (created_at micros, id) watermark, oldest
+        """Checks and outcomes of the plan after the (created_at, id) watermark, oldest
         first, and the plan's (status, version) now."""
         org_id = principal.org_id
         ts, last_id = after
@@ -168,7 +167,7 @@ class DeliveryLedger:
                     )
                 )
             ).one()
-        rows.sort(key=lambda c: (epoch_micros(c.created_at), c.row_id))
+        rows.sort(key=lambda c: (c.created_at, c.row_id))
         return rows[: limit + 1], (int(plan.status), int(plan.version))
 
     async def wait_for_change(self, principal: Principal, plan_id: str, within: float) -> None:

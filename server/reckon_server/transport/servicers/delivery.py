@@ -27,7 +27,6 @@ from reckon_server.storage.delivery import (
     fenced,
     sequence_gap,
 )
-from reckon_server.storage.types import epoch_micros
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.context import current_principal
 from reckon_server.transport.governance_codec import (
@@ -228,7 +227,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 seconds=int(self._heartbeat), nanos=int(self._heartbeat % 1 * 1e9)
             ),
         )
-        watermark = (epoch_micros(started), "")
+        watermark = (started, "")
         status_version = (view.plan.status, view.plan.version)
         while True:
             await self._ledger.wait_for_change(principal, request.plan_id, self._heartbeat)
@@ -244,7 +243,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 )
             events = []
             for change in changes:
-                watermark = (epoch_micros(change.created_at), change.row_id)
+                watermark = (change.created_at, change.row_id)
                 events.append(
                     pb.PlanEvent(
                         type={

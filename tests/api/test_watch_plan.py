@@ -1,0 +1,110 @@
+"""WatchPlan: a snapshot, then the plan's events as they happen — on one server, and across
+two replicas on PostgreSQL (LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from grpc import aio
+
+from reckon.v1 import admin_service_pb2, types_pb2
+from reckon.v1 import delivery_service_pb2 as pb
+from tests.support.api import RunningServer, bearer, decode
+from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.governance import M, seed_payload
+from tests.support.postgres import PostgresServer
+
+PLAN = "watched"
+
+
+async def next_event(watch: aio.UnaryStreamCall, kind: int) -> pb.PlanEvent:  # type: ignore[type-arg]
+    """The next event of this kind, skipping heartbeats and other events."""
+    while True:
+        response = await asyncio.wait_for(watch.read(), 10)
+        assert response is not aio.EOF
+        if response.event.type == kind:
+            return response.event
+
+
+async def test_snapshot_then_checks_commitments_status_and_delivery(database_url: str) -> None:
+    api = await RunningServer.start(database_url, watch_heartbeat_seconds=0.2)
+    try:
+        buyer = await committed_plan(api, "watcher", PLAN, {"mb_1": 150_000})
+        watch = api.stubs.delivery.WatchPlan(
+            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
+        )
+        first = await watch.read()
+        assert first.event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        assert first.event.state.committed_micros == 150_000 * M
+        assert first.heartbeat_interval.nanos == 200_000_000
+
+        check = await buyer.check(PLAN, seed_payload(1_000))
+        event = await next_event(watch, pb.PLAN_EVENT_TYPE_CHECK)
+        assert event.check_id == check.check_id
+        assert event.state.reserved_micros == 1_000 * M
+
+        await api.stubs.admin.SetPlanStatus(
+            admin_service_pb2.SetPlanStatusRequest(
+                plan_id=PLAN, status=types_pb2.PLAN_STATUS_SUSPENDED
+            ),
+            metadata=bearer(api.admin_key),
+        )
+        changed = await next_event(watch, pb.PLAN_EVENT_TYPE_STATUS_CHANGED)
+        assert changed.state.status == types_pb2.PLAN_STATUS_SUSPENDED
+
+        # Heartbeats keep a quiet watch visibly alive.
+        quiet = await asyncio.wait_for(watch.read(), 5)
+        assert not quiet.HasField("event")
+        watch.cancel()
+    finally:
+        await api.close()
+
+
+async def test_watching_needs_the_plan(api: RunningServer) -> None:
+    await committed_plan(api, "owner", PLAN, {})
+    stranger = await api.register("stranger")
+    watch = api.stubs.delivery.WatchPlan(
+        pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(stranger)
+    )
+    with pytest.raises(aio.AioRpcError) as raised:
+        await watch.read()
+    assert decode(raised.value).reason == "PLAN_NOT_FOUND"
+
+
+@pytest.fixture
+async def replicas(postgres: PostgresServer) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    url = await postgres.create_database()
+    first = await RunningServer.start(url, watch_heartbeat_seconds=30)
+    second = await RunningServer.start(url, watch_heartbeat_seconds=30, admin_key=first.admin_key)
+    yield first, second
+    await asyncio.gather(first.close(), second.close())
+
+
+async def test_a_streamed_pacing_finding_reaches_a_watcher_on_another_replica(
+    replicas: tuple[RunningServer, RunningServer],
+) -> None:
+    watched, streamed = replicas
+    buyer = await committed_plan(streamed, "cross", PLAN, {"mb_1": 150_000})
+    watch = watched.stubs.delivery.WatchPlan(
+        pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
+    )
+    assert (await watch.read()).event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+    stream = RawStream(streamed, buyer.key, "cross-replica")
+    await stream.opened()
+    # 18,750 in the first week of a 150,000, 13-week flight: the seed's pacing anomaly.
+    stream.send(
+        1, [pb.PlanDelivery(plan_id=PLAN, delivery=report(PLAN, "mb_1", 15, 18_750 * M).delivery)]
+    )
+    stream.send(2, [report(PLAN, "mb_1", 15, 18_750 * M)])
+    ack = await stream.ack()
+    assert ack.results[0].accepted.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
+    # The heartbeat is 30 s: only the cross-replica notification can deliver this in time.
+    event = await next_event(watch, pb.PLAN_EVENT_TYPE_DELIVERY)
+    assert event.outcome_id == ack.results[0].accepted.outcome_id
+    [finding] = event.findings
+    assert finding.category_id == "budget_authority"
+    assert finding.explanation.startswith("Spend is pacing")
+    stream.close()
+    watch.cancel()
