@@ -68,6 +68,14 @@ _UPSERT_PERIODS = BulkStatement(
     ),
     _PERIOD_COLUMNS,
 )
+_SET_CAMPAIGN_SPEND = BulkStatement(
+    lambda _: (
+        sa.update(campaigns)
+        .where(campaigns.c.governance_context == sa.bindparam("context"))
+        .values(spend_micros=sa.bindparam("spend"))
+    ),
+    ("spend", "context"),
+)
 _INSERT_OUTCOMES = BulkStatement(
     lambda _: sa.insert(plan_outcomes).values({c: sa.bindparam(c) for c in _OUTCOME_COLUMNS}),
     _OUTCOME_COLUMNS,
@@ -270,18 +278,9 @@ class ApplyDeliveryBatches:
 
         # Existing totals, so each report's cumulative spend is exact at its position.
         contexts = sorted({c.governance_context for c in campaign_rows.values()})
-        totals: dict[str, int] = {}
+        totals = {c.governance_context: int(c.spend_micros) for c in campaign_rows.values()}
         periods: dict[tuple[str, int, int], int] = {}
         if contexts:
-            for context, total in await conn.execute(
-                sa.select(
-                    delivery_periods.c.governance_context,
-                    sa.func.sum(delivery_periods.c.spend_micros),
-                )
-                .where(delivery_periods.c.governance_context.in_(contexts))
-                .group_by(delivery_periods.c.governance_context)
-            ):
-                totals[context] = int(total or 0)
             # Periods this transaction may replace: each campaign's rows within the time
             # range its reports cover (usually few or none; new periods are not stored yet).
             starts = [
@@ -394,6 +393,8 @@ class ApplyDeliveryBatches:
             applied.append(done)
         await _UPSERT_PERIODS.executemany(conn, period_rows)
         await _INSERT_OUTCOMES.executemany(conn, outcome_rows)
+        touched = {row[0] for row in period_rows}
+        await _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in sorted(touched)])
         return applied
 
     async def _campaigns(

@@ -395,6 +395,13 @@ async def record_delivery(
 ) -> int:
     """Store a period's absolute totals (replacing an earlier report of the same period) and
     return the campaign's cumulative spend."""
+    previous = await conn.scalar(
+        sa.select(delivery_periods.c.spend_micros).where(
+            delivery_periods.c.governance_context == governance_context,
+            delivery_periods.c.period_start == epoch_micros(period_start),
+            delivery_periods.c.period_end == epoch_micros(period_end),
+        )
+    )
     values = {
         "governance_context": governance_context,
         "period_start": epoch_micros(period_start),
@@ -420,13 +427,14 @@ async def record_delivery(
             },
         )
     )
-    return await campaign_spend(conn, governance_context)
-
-
-async def campaign_spend(conn: AsyncConnection, governance_context: str) -> int:
+    await conn.execute(
+        sa.update(campaigns)
+        .where(campaigns.c.governance_context == governance_context)
+        .values(spend_micros=campaigns.c.spend_micros + spend_micros - (previous or 0))
+    )
     total = await conn.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(delivery_periods.c.spend_micros), 0)).where(
-            delivery_periods.c.governance_context == governance_context
+        sa.select(campaigns.c.spend_micros).where(
+            campaigns.c.governance_context == governance_context
         )
     )
     return int(total or 0)
@@ -434,13 +442,11 @@ async def campaign_spend(conn: AsyncConnection, governance_context: str) -> int:
 
 async def spend_by_campaign(conn: AsyncConnection, org_id: str, plan_id: str) -> dict[str, int]:
     rows = await conn.execute(
-        sa.select(
-            delivery_periods.c.governance_context, sa.func.sum(delivery_periods.c.spend_micros)
+        sa.select(campaigns.c.governance_context, campaigns.c.spend_micros).where(
+            campaigns.c.org_id == org_id, campaigns.c.plan_id == plan_id
         )
-        .where(delivery_periods.c.org_id == org_id, delivery_periods.c.plan_id == plan_id)
-        .group_by(delivery_periods.c.governance_context)
     )
-    return {context: int(total or 0) for context, total in rows}
+    return {context: int(total) for context, total in rows}
 
 
 async def check_counts(conn: AsyncConnection, org_id: str, plan_id: str) -> dict[str, int]:

@@ -177,6 +177,8 @@ class CampaignRow(Base):
     seller: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)
     committed_micros: Mapped[int] = mapped_column(sa.BigInteger)
     settled: Mapped[bool] = mapped_column(sa.Boolean)
+    spend_micros: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    """Delivered spend: the sum of its periods, kept current by every delivery write."""
     flight_start: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
     flight_end: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
     channels: Mapped[Any] = mapped_column(JsonDocument)
