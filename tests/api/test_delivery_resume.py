@@ -18,7 +18,7 @@ from reckon.v1 import admin_service_pb2
 from reckon_client import DeliveryStreamer, Reckon
 from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, Stubs, bearer, decode, new_secret
-from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import Buyer, plan
 from tests.support.processes import start_reckon
 from tests.support.producer import minute_report
@@ -39,19 +39,6 @@ async def _totals(database_url: str) -> tuple[int, int]:
     finally:
         await database.dispose()
     return int(row[0]), int(row[1])
-
-
-async def _stored_next_seq(database_url: str, stream_id: str) -> int:
-    database = Database(database_url)
-    try:
-        async with database.read() as conn:
-            value = await conn.scalar(
-                sa.text("SELECT next_seq FROM delivery_streams WHERE stream_id = :s"),
-                {"s": stream_id},
-            )
-    finally:
-        await database.dispose()
-    return int(value)
 
 
 EXPECTED = (REPORTS, sum(n + 1 for n in range(REPORTS)))
@@ -89,7 +76,7 @@ async def test_a_producer_killed_mid_stream_resumes_without_loss_or_double_count
             acked.append(int(line.split()[1]))
     first.kill()
     await first.wait()
-    committed = await _stored_next_seq(api.database_url, "crashy") - 1
+    committed = await stored_next_seq(api.database_url, "crashy") - 1
     assert committed >= max(acked)  # every acknowledged batch is durable
 
     second = await _producer(api.target, buyer.key, "crashy")
@@ -97,7 +84,7 @@ async def test_a_producer_killed_mid_stream_resumes_without_loss_or_double_count
     assert second.returncode == 0
     assert out.decode().splitlines()[-1] == "done"
     assert await _totals(api.database_url) == EXPECTED
-    assert await _stored_next_seq(api.database_url, "crashy") == REPORTS // BATCH + 1
+    assert await stored_next_seq(api.database_url, "crashy") == REPORTS // BATCH + 1
 
 
 @pytest.mark.timeout(300)
@@ -139,7 +126,7 @@ async def test_a_server_killed_mid_stream_loses_nothing_acknowledged(tmp_path: o
             await ten_acked.wait()
             server.process.send_signal(signal.SIGKILL)
             await server.process.wait()
-            assert await _stored_next_seq(url, "survivor") - 1 >= max(acked)
+            assert await stored_next_seq(url, "survivor") - 1 >= max(acked)
             server = await start_reckon(url, admin, port=port)
             restarted.set()
 

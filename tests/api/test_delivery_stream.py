@@ -7,14 +7,12 @@ import asyncio
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
-from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, bearer, decode
-from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import M
 
 PLAN = "streamed"
@@ -129,23 +127,10 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         # buffer two hundred batches in memory.
         # It stopped reading: what it committed is its window plus the acks transport
         # buffers hold, far below the 60 batches offered.
-        committed = await _committed_batches(api.database_url, "greedy-1")
+        committed = await stored_next_seq(api.database_url, "greedy-1") - 1
         assert 1 <= committed <= 40, committed
         acks = [await stream.ack() for _ in range(60)]
         assert [a.seq for a in acks] == list(range(1, 61))
         stream.close()
     finally:
         await api.close()
-
-
-async def _committed_batches(database_url: str, stream_id: str) -> int:
-    database = Database(database_url)
-    try:
-        async with database.read() as conn:
-            next_seq = await conn.scalar(
-                sa.text("SELECT next_seq FROM delivery_streams WHERE stream_id = :s"),
-                {"s": stream_id},
-            )
-    finally:
-        await database.dispose()
-    return int(next_seq) - 1

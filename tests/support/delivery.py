@@ -6,12 +6,28 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import sqlalchemy as sa
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
+from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, bearer
 from tests.support.governance import Buyer, plan, ts
+
+
+async def stored_next_seq(database_url: str, stream_id: str) -> int:
+    """The stream's durable cursor, read straight from the database."""
+    database = Database(database_url)
+    try:
+        async with database.read() as conn:
+            value = await conn.scalar(
+                sa.text("SELECT next_seq FROM delivery_streams WHERE stream_id = :s"),
+                {"s": stream_id},
+            )
+    finally:
+        await database.dispose()
+    return int(value)
 
 
 class RawStream:

@@ -586,21 +586,7 @@ async def resolve_approval(
     return result.rowcount == 1
 
 
-async def chain(connect: Any, org_id: str, *, chunk: int = 1000) -> AsyncIterator[StoredEvent]:
+async def chain(connect: Any, org_id: str) -> AsyncIterator[StoredEvent]:
     """Every event of the org in chain order."""
-    after = 0
-    while True:
-        async with connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(audit_events)
-                    .where(audit_events.c.org_id == org_id, audit_events.c.chain_seq > after)
-                    .order_by(audit_events.c.chain_seq)
-                    .limit(chunk)
-                )
-            ).all()
-        for row in rows:
-            yield _event(row)
-        if len(rows) < chunk:
-            return
-        after = rows[-1].chain_seq
+    async for record in stream_records(connect, org_id, EventFilter(), chunk=1000):
+        yield record.event
