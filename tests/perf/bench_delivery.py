@@ -158,7 +158,7 @@ async def soak(reports: int) -> None:
             chunk = 500_000
             for sent in range(0, reports, chunk):
                 size = min(chunk, reports - sent)
-                result = await client(server.target, key, f"soak-{sent}", size)
+                result = await client(server.target, key, f"soak-{sent}", size, first=sent)
                 print(
                     f"{sent + size:>11,} reports  "
                     f"{result['reports'] / result['seconds']:>9,.0f}/s  "

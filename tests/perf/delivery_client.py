@@ -1,9 +1,9 @@
 """Load generator for the delivery benchmark, run as its own process:
 
-    python -m tests.perf.delivery_client TARGET KEY STREAM_ID PLAN_ID MEDIA_BUYS REPORTS BATCH
+    python -m tests.perf.delivery_client TARGET KEY STREAM_ID PLAN_ID MEDIA_BUYS REPORTS BATCH [FIRST]
 
 Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so every row is
-distinct), BATCH per batch, keeping a window of 8 un-acked batches. Prints one JSON line:
+distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH per batch, keeping a window of 8 un-acked batches. Prints one JSON line:
 reports acknowledged, seconds, ack latency p50/p99.
 """
 
@@ -25,11 +25,13 @@ WINDOW = 8
 START = datetime(2026, 3, 15, tzinfo=UTC)
 
 
-def batches(plan_id: str, media_buys: int, reports: int, size: int) -> list[pb.DeliveryBatch]:
+def batches(
+    plan_id: str, media_buys: int, reports: int, size: int, offset: int = 0
+) -> list[pb.DeliveryBatch]:
     out = []
-    for seq, first in enumerate(range(0, reports, size), 1):
+    for seq, first in enumerate(range(offset, offset + reports, size), 1):
         items = []
-        for n in range(first, min(first + size, reports)):
+        for n in range(first, min(first + size, offset + reports)):
             start = START + timedelta(minutes=n // media_buys)
             begin, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
             begin.FromDatetime(start)
@@ -97,4 +99,7 @@ async def main(
 
 if __name__ == "__main__":
     target, key, stream_id, plan_id, media_buys, reports, size = sys.argv[1:8]
-    asyncio.run(main(target, key, stream_id, plan_id, int(media_buys), int(reports), int(size)))
+    offset = int(sys.argv[8]) if len(sys.argv) > 8 else 0
+    asyncio.run(
+        main(target, key, stream_id, plan_id, int(media_buys), int(reports), int(size), offset)
+    )
