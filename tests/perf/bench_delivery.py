@@ -73,7 +73,9 @@ async def prepare(server: ServerProcess, admin: str) -> str:
     return key
 
 
-async def client(target: str, key: str, stream_id: str, reports: int) -> dict[str, float]:
+async def client(
+    target: str, key: str, stream_id: str, reports: int, first: int = 0
+) -> dict[str, float]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -85,6 +87,7 @@ async def client(target: str, key: str, stream_id: str, reports: int) -> dict[st
         str(MEDIA_BUYS),
         str(reports),
         str(BATCH),
+        str(first),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()

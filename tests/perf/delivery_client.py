@@ -1,10 +1,11 @@
 """Load generator for the delivery benchmark, run as its own process:
 
-    python -m tests.perf.delivery_client TARGET KEY STREAM_ID PLAN_ID MEDIA_BUYS REPORTS BATCH [FIRST]
+    python -m tests.perf.delivery_client TARGET KEY STREAM PLAN MEDIA_BUYS REPORTS BATCH [FIRST]
 
 Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so every row is
-distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH per batch, keeping a window of 8 un-acked batches. Prints one JSON line:
-reports acknowledged, seconds, ack latency p50/p99.
+distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH
+per batch, keeping a window of 8 un-acked batches. Prints one JSON line: reports
+acknowledged, seconds, ack latency p50/p99.
 """
 
 from __future__ import annotations
