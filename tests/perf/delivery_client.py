@@ -55,9 +55,16 @@ def batches(
 
 
 async def main(
-    target: str, key: str, stream_id: str, plan_id: str, media_buys: int, reports: int, size: int
+    target: str,
+    key: str,
+    stream_id: str,
+    plan_id: str,
+    media_buys: int,
+    reports: int,
+    size: int,
+    offset: int,
 ) -> None:
-    work = batches(plan_id, media_buys, reports, size)
+    work = batches(plan_id, media_buys, reports, size, offset)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     window = asyncio.Semaphore(WINDOW)
