@@ -22,6 +22,22 @@ _WEEK = 7
 
 
 @dataclass(frozen=True)
+class DeliveryFigures:
+    """One delivery report's figures for one reporting period (absolute totals)."""
+
+    media_buy_id: str
+    period_start: datetime
+    period_end: datetime
+    spend_micros: int
+    impressions: int
+    cpm_micros: int | None = None
+    viewability_rate: float | None = None
+    completion_rate: float | None = None
+    cumulative_spend_micros: int | None = None
+    """Given by delivery-phase checks; otherwise summed from stored periods."""
+
+
+@dataclass(frozen=True)
 class Pacing:
     """The pacing figures of one media buy after one reporting period."""
 
@@ -159,17 +175,13 @@ def _iso_day(moment: datetime) -> str:
 
 
 def delivery_findings(
+    figures: DeliveryFigures,
     *,
     committed_micros: int,
     settled: bool,
     flight_start: datetime,
     flight_end: datetime,
     currency: str,
-    period_start: datetime,
-    period_end: datetime,
-    spend_micros: int,
-    impressions: int,
-    cpm_micros: int | None,
     cumulative_micros: int,
     threshold_pct: int = DEFAULT_THRESHOLD_PCT,
 ) -> list[Finding]:
@@ -179,27 +191,27 @@ def delivery_findings(
         committed=committed_micros,
         flight_start=flight_start,
         flight_end=flight_end,
-        period_end=period_end,
+        period_end=figures.period_end,
         cumulative=cumulative_micros,
         threshold_pct=threshold_pct,
     ):
-        figures = pacing(
+        paced = pacing(
             committed_micros=committed_micros,
             flight_start=flight_start,
             flight_end=flight_end,
-            period_start=period_start,
-            period_end=period_end,
-            period_spend_micros=spend_micros,
+            period_start=figures.period_start,
+            period_end=figures.period_end,
+            period_spend_micros=figures.spend_micros,
             cumulative_spend_micros=cumulative_micros,
         )
-        finding = pacing_finding(figures, threshold_pct) if figures is not None else None
+        finding = pacing_finding(paced, threshold_pct) if paced is not None else None
         if finding is not None:
             findings.append(finding)
     if settled:
         over = overspend_finding(cumulative_micros, committed_micros, currency)
         if over is not None:
             findings.append(over)
-    inconsistent = cpm_finding(spend_micros, impressions, cpm_micros)
+    inconsistent = cpm_finding(figures.spend_micros, figures.impressions, figures.cpm_micros)
     if inconsistent is not None:
         findings.append(inconsistent)
     return findings

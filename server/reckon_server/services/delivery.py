@@ -71,16 +71,12 @@ class DeliveryLedger:
         self, report: store.StreamReport, facts: store.CampaignFacts, cumulative: int
     ) -> list[Finding]:
         return delivery_findings(
+            report,
             committed_micros=facts.committed_micros,
             settled=facts.settled,
             flight_start=facts.flight_start or facts.plan_flight_start,
             flight_end=facts.flight_end or facts.plan_flight_end,
             currency=facts.currency,
-            period_start=report.period_start,
-            period_end=report.period_end,
-            spend_micros=report.spend_micros,
-            impressions=report.impressions,
-            cpm_micros=report.cpm_micros,
             cumulative_micros=cumulative,
             threshold_pct=self._threshold,
         )

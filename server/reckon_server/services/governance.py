@@ -20,7 +20,7 @@ from reckon_server.domain.governance import (
     advisory_conditions,
     evaluate,
 )
-from reckon_server.domain.pacing import delivery_findings
+from reckon_server.domain.pacing import DeliveryFigures, delivery_findings
 from reckon_server.domain.principals import Principal
 from reckon_server.domain.reconciliation import over_commitment, seller_verification
 from reckon_server.errors import (
@@ -100,20 +100,6 @@ class CheckResult:
     expires_at: datetime | None
     governance_context: str
     reserved_micros: int
-
-
-@dataclass(frozen=True)
-class DeliveryFigures:
-    media_buy_id: str
-    period_start: datetime
-    period_end: datetime
-    spend_micros: int
-    impressions: int
-    cpm_micros: int | None = None
-    viewability_rate: float | None = None
-    completion_rate: float | None = None
-    cumulative_spend_micros: int | None = None
-    """Given by delivery-phase checks; otherwise summed from stored periods."""
 
 
 @dataclass(frozen=True)
@@ -676,16 +662,12 @@ class GovernanceLedger:
         cumulative_micros: int,
     ) -> list[Finding]:
         return delivery_findings(
+            figures,
             committed_micros=target.committed_micros,
             settled=target.settled,
             flight_start=target.flight_start or terms.flight_start,
             flight_end=target.flight_end or terms.flight_end,
             currency=terms.currency,
-            period_start=figures.period_start,
-            period_end=figures.period_end,
-            spend_micros=figures.spend_micros,
-            impressions=figures.impressions,
-            cpm_micros=figures.cpm_micros,
             cumulative_micros=cumulative_micros,
             threshold_pct=self._pacing_threshold,
         )

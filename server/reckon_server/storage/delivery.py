@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
+from reckon_server.domain.pacing import DeliveryFigures
 from reckon_server.errors import Reason, ReckonError, Resource, not_found
 from reckon_server.storage.schema import (
     campaigns,
@@ -82,20 +83,12 @@ _INSERT_OUTCOMES = BulkStatement(
 )
 
 
-@dataclass(frozen=True)
-class StreamReport:
-    """One validated report of a batch."""
+@dataclass(frozen=True, kw_only=True)
+class StreamReport(DeliveryFigures):
+    """One validated report of a batch: its figures and the plan and campaign it is for."""
 
     plan_id: str
-    media_buy_id: str
-    governance_context: str
-    period_start: datetime
-    period_end: datetime
-    spend_micros: int
-    impressions: int
-    cpm_micros: int | None
-    viewability_rate: float | None
-    completion_rate: float | None
+    governance_context: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from reckon_server.domain.documents import canonical_json, document_problem
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.governance import Allocation, PlanTerms
 from reckon_server.domain.money import MAX_AMOUNT_MICROS
+from reckon_server.domain.pacing import DeliveryFigures
 from reckon_server.errors import DocumentViolation, FieldViolation, Reason, invalid
 from reckon_server.services.governance import (
     CheckRequest,
     CheckType,
-    DeliveryFigures,
     Outcome,
     OutcomeRequest,
     PlanSync,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import asdict
 from datetime import UTC
 from typing import Any
 
@@ -370,16 +371,20 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         delivery = item.delivery
         period = delivery.reporting_period
         return StreamReport(
-            item.plan_id,
-            delivery.media_buy_id,
-            item.governance_context,
-            period.start.ToDatetime(tzinfo=UTC),
-            period.end.ToDatetime(tzinfo=UTC),
-            delivery.spend_micros,
-            delivery.impressions,
-            delivery.cpm_micros if delivery.HasField("cpm_micros") else None,
-            delivery.viewability_rate if delivery.HasField("viewability_rate") else None,
-            delivery.completion_rate if delivery.HasField("completion_rate") else None,
+            plan_id=item.plan_id,
+            governance_context=item.governance_context,
+            media_buy_id=delivery.media_buy_id,
+            period_start=period.start.ToDatetime(tzinfo=UTC),
+            period_end=period.end.ToDatetime(tzinfo=UTC),
+            spend_micros=delivery.spend_micros,
+            impressions=delivery.impressions,
+            cpm_micros=delivery.cpm_micros if delivery.HasField("cpm_micros") else None,
+            viewability_rate=delivery.viewability_rate
+            if delivery.HasField("viewability_rate")
+            else None,
+            completion_rate=delivery.completion_rate
+            if delivery.HasField("completion_rate")
+            else None,
         )
     path = f"reports[{index}]"
     out: list[FieldViolation] = []
@@ -396,16 +401,7 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
     if out or figures is None:
         return invalid(Reason.INVALID_REQUEST, out or [FieldViolation(path, "invalid")])
     return StreamReport(
-        item.plan_id,
-        figures.media_buy_id,
-        item.governance_context,
-        figures.period_start,
-        figures.period_end,
-        figures.spend_micros,
-        figures.impressions,
-        figures.cpm_micros,
-        figures.viewability_rate,
-        figures.completion_rate,
+        **asdict(figures), plan_id=item.plan_id, governance_context=item.governance_context
     )
 
 
