@@ -30,7 +30,7 @@ from reckon_server.storage.schema import (
     audit_outcomes,
     orgs,
 )
-from reckon_server.storage.sql import BulkStatement, upsert
+from reckon_server.storage.sql import BulkStatement, first_or_none, upsert
 from reckon_server.storage.types import epoch_micros
 
 
@@ -172,14 +172,13 @@ def _approval(row: sa.Row[Any]) -> StoredApproval:
 async def find_by_event_id(
     conn: AsyncConnection, principal_id: str, event_id: str
 ) -> StoredEvent | None:
-    row = (
-        await conn.execute(
-            sa.select(audit_events).where(
-                audit_events.c.principal_id == principal_id, audit_events.c.event_id == event_id
-            )
-        )
-    ).first()
-    return None if row is None else _event(row)
+    return await first_or_none(
+        conn,
+        sa.select(audit_events).where(
+            audit_events.c.principal_id == principal_id, audit_events.c.event_id == event_id
+        ),
+        _event,
+    )
 
 
 async def append_event(
@@ -541,14 +540,13 @@ async def stream_records(
 async def get_approval(
     conn: AsyncConnection, org_id: str, approval_id: str
 ) -> StoredApproval | None:
-    row = (
-        await conn.execute(
-            sa.select(approvals).where(
-                approvals.c.approval_id == approval_id, approvals.c.org_id == org_id
-            )
-        )
-    ).first()
-    return None if row is None else _approval(row)
+    return await first_or_none(
+        conn,
+        sa.select(approvals).where(
+            approvals.c.approval_id == approval_id, approvals.c.org_id == org_id
+        ),
+        _approval,
+    )
 
 
 async def expire_approval(conn: AsyncConnection, approval_id: str, now: datetime) -> None:

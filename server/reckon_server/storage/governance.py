@@ -17,7 +17,7 @@ from reckon_server.storage.schema import (
     plan_outcomes,
     plans,
 )
-from reckon_server.storage.sql import insert
+from reckon_server.storage.sql import first_or_none, insert
 from reckon_server.storage.types import epoch_micros
 
 
@@ -131,23 +131,21 @@ def _check(row: sa.Row[Any]) -> StoredCheck:
 async def lock_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredPlan | None:
     """The plan, row-locked for the rest of the transaction (PostgreSQL; SQLite's writer is
     already exclusive): every budget change of a plan is serialised here."""
-    row = (
-        await conn.execute(
-            sa.select(plans)
-            .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
-            .with_for_update()
-        )
-    ).first()
-    return None if row is None else _plan(row)
+    return await first_or_none(
+        conn,
+        sa.select(plans)
+        .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+        .with_for_update(),
+        _plan,
+    )
 
 
 async def get_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredPlan | None:
-    row = (
-        await conn.execute(
-            sa.select(plans).where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
-        )
-    ).first()
-    return None if row is None else _plan(row)
+    return await first_or_none(
+        conn,
+        sa.select(plans).where(plans.c.org_id == org_id, plans.c.plan_id == plan_id),
+        _plan,
+    )
 
 
 async def insert_plan(conn: AsyncConnection, plan: StoredPlan, now: datetime) -> None:
@@ -180,31 +178,29 @@ async def update_plan(conn: AsyncConnection, org_id: str, plan_id: str, **values
 async def campaign(
     conn: AsyncConnection, org_id: str, plan_id: str, governance_context: str
 ) -> StoredCampaign | None:
-    row = (
-        await conn.execute(
-            sa.select(campaigns).where(
-                campaigns.c.governance_context == governance_context,
-                campaigns.c.org_id == org_id,
-                campaigns.c.plan_id == plan_id,
-            )
-        )
-    ).first()
-    return None if row is None else _campaign(row)
+    return await first_or_none(
+        conn,
+        sa.select(campaigns).where(
+            campaigns.c.governance_context == governance_context,
+            campaigns.c.org_id == org_id,
+            campaigns.c.plan_id == plan_id,
+        ),
+        _campaign,
+    )
 
 
 async def campaign_by_media_buy(
     conn: AsyncConnection, org_id: str, plan_id: str, media_buy_id: str
 ) -> StoredCampaign | None:
-    row = (
-        await conn.execute(
-            sa.select(campaigns).where(
-                campaigns.c.org_id == org_id,
-                campaigns.c.plan_id == plan_id,
-                campaigns.c.media_buy_id == media_buy_id,
-            )
-        )
-    ).first()
-    return None if row is None else _campaign(row)
+    return await first_or_none(
+        conn,
+        sa.select(campaigns).where(
+            campaigns.c.org_id == org_id,
+            campaigns.c.plan_id == plan_id,
+            campaigns.c.media_buy_id == media_buy_id,
+        ),
+        _campaign,
+    )
 
 
 async def campaign_plan(conn: AsyncConnection, org_id: str, governance_context: str) -> str | None:
@@ -318,30 +314,28 @@ async def supersede_checks(
 async def get_check(
     conn: AsyncConnection, org_id: str, plan_id: str, check_id: str
 ) -> StoredCheck | None:
-    row = (
-        await conn.execute(
-            sa.select(checks).where(
-                checks.c.check_id == check_id,
-                checks.c.org_id == org_id,
-                checks.c.plan_id == plan_id,
-            )
-        )
-    ).first()
-    return None if row is None else _check(row)
+    return await first_or_none(
+        conn,
+        sa.select(checks).where(
+            checks.c.check_id == check_id,
+            checks.c.org_id == org_id,
+            checks.c.plan_id == plan_id,
+        ),
+        _check,
+    )
 
 
 async def latest_approved_check(
     conn: AsyncConnection, governance_context: str
 ) -> StoredCheck | None:
-    row = (
-        await conn.execute(
-            sa.select(checks)
-            .where(checks.c.governance_context == governance_context, checks.c.decision == 1)
-            .order_by(checks.c.created_at.desc())
-            .limit(1)
-        )
-    ).first()
-    return None if row is None else _check(row)
+    return await first_or_none(
+        conn,
+        sa.select(checks)
+        .where(checks.c.governance_context == governance_context, checks.c.decision == 1)
+        .order_by(checks.c.created_at.desc())
+        .limit(1),
+        _check,
+    )
 
 
 async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) -> bool:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
+
+T = TypeVar("T")
+
+
+async def first_or_none(
+    conn: AsyncConnection, query: sa.Executable, mapper: Callable[[sa.Row[Any]], T]
+) -> T | None:
+    """The first row of `query`, mapped; None when there is none."""
+    row = (await conn.execute(query)).first()
+    return None if row is None else mapper(row)
 
 
 def insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
