@@ -57,6 +57,8 @@ class AuditLedger:
         self._report = store.ReportOutcomes()
 
     async def execute(self, principal: Principal, action: ActionRequest) -> Executed:
+        # A retry is answered from a plain read, without queueing for the org's chain lock;
+        # append_event checks again under the lock for retries that race the original.
         if action.event_id is not None:
             async with self._db.read() as conn:
                 earlier = await store.find_by_event_id(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -215,16 +215,17 @@ async def append_event(
         }
         for c in evaluation.conditions
     ]
-    seq = head.chain_seq + 1
-    content = chained_content(
+    event = StoredEvent(
         audit_event_id=audit_event_id,
-        chain_seq=seq,
+        org_id=principal.org_id,
+        chain_seq=head.chain_seq + 1,
+        principal_id=principal.principal_id,
         agent_name=principal.name,
         action_type=action.action_type,
-        metadata=action.metadata,
-        data_accessed=action.data_accessed,
+        metadata=dict(action.metadata),
+        data_accessed=list(action.data_accessed),
         event_id=action.event_id,
-        status=int(evaluation.decision),
+        status=evaluation.decision,
         denial_reason=evaluation.denial_reason,
         policy_name=evaluation.policy_name,
         policy_version=evaluation.policy_version,
@@ -232,34 +233,16 @@ async def append_event(
         conditions=conditions,
         approval_id=approval_id,
         created_at=now,
+        chain_hash="",
     )
-    digest = chain_hash(head.chain_head, content)
-    await conn.execute(
-        sa.insert(audit_events).values(
-            audit_event_id=audit_event_id,
-            org_id=principal.org_id,
-            chain_seq=seq,
-            principal_id=principal.principal_id,
-            agent_name=principal.name,
-            action_type=action.action_type,
-            metadata_json=dict(action.metadata),
-            data_accessed=list(action.data_accessed),
-            event_id=action.event_id,
-            status=int(evaluation.decision),
-            denial_reason=evaluation.denial_reason,
-            policy_name=evaluation.policy_name,
-            policy_version=evaluation.policy_version,
-            rule_name=evaluation.rule_name,
-            conditions=conditions,
-            approval_id=approval_id,
-            created_at=now,
-            chain_hash=digest,
-        )
-    )
+    event = replace(event, chain_hash=chain_hash(head.chain_head, event.content()))
+    row = {**asdict(event), "status": int(event.status)}
+    row["metadata_json"] = row.pop("metadata")
+    await conn.execute(sa.insert(audit_events).values(row))
     await conn.execute(
         sa.update(orgs)
         .where(orgs.c.org_id == principal.org_id)
-        .values(chain_seq=seq, chain_head=digest)
+        .values(chain_seq=event.chain_seq, chain_head=event.chain_hash)
     )
     if approval_id is not None:
         assert evaluation.approval_timeout is not None
@@ -279,10 +262,7 @@ async def append_event(
                 note="",
             )
         )
-    stored = await conn.execute(
-        sa.select(audit_events).where(audit_events.c.audit_event_id == audit_event_id)
-    )
-    return _event(stored.one()), False
+    return event, False
 
 
 async def get_record(conn: AsyncConnection, org_id: str, audit_event_id: str) -> AuditRecord:

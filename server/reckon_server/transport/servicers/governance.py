@@ -124,9 +124,9 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
         if not request.plan_id:
             raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_id", "required")])
         view = await self._ledger.plan_view(current_principal(), request.plan_id)
+        plan = codec.plan_from_document(view.plan.document)
         return pb.GetPlanResponse(
-            plan=codec.plan_from_document(view.plan.document),
-            state=codec.encode_plan_state(view, codec.terms_from_document(view.plan.document)),
+            plan=plan, state=codec.encode_plan_state(view, codec.terms_from_plan(plan))
         )
 
     async def GetPlanAuditLogs(
