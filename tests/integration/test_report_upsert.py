@@ -67,8 +67,8 @@ async def test_last_write_wins_with_gapless_history(
     for _, _, size in sequence:
         if start >= len(items):
             break
-        async with database.write() as conn:
-            results = await op.apply(conn, items[start : start + size])
+        chunk = items[start : start + size]
+        results = await database.write_batch(lambda conn, chunk=chunk: op.apply(conn, chunk))
         assert all(isinstance(r, store.ReportResult) for r in results)
         start += size
 

@@ -364,13 +364,13 @@ class ReportOutcomes:
     row appended to the history, each with one executemany.
     """
 
-    async def apply(
-        self, conn: AsyncConnection, items: Sequence[ReportItem]
+    def apply(
+        self, conn: sa.Connection, items: Sequence[ReportItem]
     ) -> list[ReportResult | ReckonError]:
         ids = sorted({item.report.audit_event_id for item in items})
         current = {
             row.audit_event_id: row
-            for row in await conn.execute(
+            for row in conn.execute(
                 sa.select(
                     audit_events.c.audit_event_id,
                     audit_events.c.org_id,
@@ -432,8 +432,8 @@ class ReportOutcomes:
             results.append(
                 ReportResult(report.audit_event_id, int(report.status), item.now, revision)
             )
-        await _UPSERT_OUTCOMES.executemany(conn, list(latest.values()))
-        await _APPEND_HISTORY.executemany(conn, history)
+        _UPSERT_OUTCOMES.executemany(conn, list(latest.values()))
+        _APPEND_HISTORY.executemany(conn, history)
         return results
 
 

@@ -1,17 +1,24 @@
 """Engines and units of work.
 
-SQLite allows one writer at a time, so writes go through a one-connection engine that opens
-transactions with BEGIN IMMEDIATE: writers queue on the pool instead of failing with
-SQLITE_BUSY on a read-to-write upgrade, and readers use a separate pool under WAL. PostgreSQL
-uses one pooled engine for both; its invariants rest on constraints and row locks.
+SQLite allows one writer at a time, so writes open transactions with BEGIN IMMEDIATE and take
+turns on an in-process lock: writers queue instead of failing with SQLITE_BUSY on a
+read-to-write upgrade or polling the file lock, and readers use a separate pool under WAL.
+PostgreSQL uses one pooled engine for both; its invariants rest on constraints and row locks.
+
+Group-commit batches run as plain synchronous code (`write_batch`). On SQLite the whole
+transaction runs on one dedicated thread in a single hop, which costs the event loop far less
+than one thread round trip per statement; on PostgreSQL the same code runs through the async
+driver with `run_sync`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -20,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from reckon_server.errors import Reason, ReckonError, unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Database:
@@ -29,9 +37,13 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._sqlite_turn: asyncio.Lock | None = None
         if self.is_sqlite:
             self._writer = _sqlite_engine(url, immediate=True, pool_size=1)
             self._reader = _sqlite_engine(url, immediate=False, pool_size=4)
+            self._sqlite_turn = asyncio.Lock()
+            self._batch_engine = _sqlite_batch_engine(url)
+            self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="reckon-sqlite-writer")
         else:
             self._writer = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -44,8 +56,27 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        async with _storage_errors(), self._writer.begin() as conn:
+        async with _storage_errors(), self._turn(), self._writer.begin() as conn:
             yield conn
+
+    async def write_batch(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run `work` in one write transaction that commits if it returns and rolls back if
+        it raises."""
+        async with _storage_errors():
+            if self._sqlite_turn is None:
+                async with self._writer.begin() as conn:
+                    return await conn.run_sync(work)
+            async with self._sqlite_turn:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._batch_thread, self._run_sqlite_batch, work
+                )
+
+    def _run_sqlite_batch(self, work: Callable[[sa.Connection], T]) -> T:
+        with self._batch_engine.begin() as conn:
+            return work(conn)
+
+    def _turn(self) -> AbstractAsyncContextManager[Any]:
+        return self._sqlite_turn if self._sqlite_turn is not None else nullcontext()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -53,6 +84,9 @@ class Database:
             yield conn
 
     async def dispose(self) -> None:
+        if self._sqlite_turn is not None:
+            self._batch_thread.shutdown()
+            self._batch_engine.dispose()
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
@@ -76,8 +110,20 @@ async def _storage_errors() -> AsyncIterator[None]:
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    _configure_sqlite(engine.sync_engine, immediate=immediate)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_batch_engine(url: str) -> sa.Engine:
+    """The synchronous twin of the write engine, used only on the batch writer thread."""
+    sync_url = sa.make_url(url).set(drivername="sqlite+pysqlite")
+    engine = sa.create_engine(sync_url, pool_size=1, max_overflow=0)
+    _configure_sqlite(engine, immediate=True)
+    return engine
+
+
+def _configure_sqlite(engine: sa.Engine, *, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         # Own transaction control: pysqlite's implicit BEGIN would defer the write lock.
         dbapi_connection.isolation_level = None
@@ -91,8 +137,6 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine

@@ -194,11 +194,11 @@ class ApplyDeliveryBatches:
         self._findings_of = findings_of
         self._terms_of = terms_of
 
-    async def apply(
-        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    def apply(
+        self, conn: sa.Connection, batches: Sequence[StreamBatch]
     ) -> list[BatchApplied | ReckonError]:
         results: list[BatchApplied | ReckonError | None] = [None] * len(batches)
-        cursors = await self._cursors(conn, batches)
+        cursors = self._cursors(conn, batches)
         accepted: list[int] = []
         for index, batch in enumerate(batches):
             cursor = cursors.get((batch.org_id, batch.stream_id))
@@ -209,11 +209,11 @@ class ApplyDeliveryBatches:
             else:
                 cursor[1] += 1
                 accepted.append(index)
-        applied = await self._apply_reports(conn, [batches[i] for i in accepted])
+        applied = self._apply_reports(conn, [batches[i] for i in accepted])
         for index, outcome in zip(accepted, applied, strict=True):
             results[index] = outcome
         for (org_id, stream_id), (generation, next_seq) in cursors.items():
-            await conn.execute(
+            conn.execute(
                 sa.update(delivery_streams)
                 .where(
                     delivery_streams.c.org_id == org_id,
@@ -224,14 +224,14 @@ class ApplyDeliveryBatches:
             )
         return [r for r in results if r is not None]
 
-    async def _cursors(
-        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    def _cursors(
+        self, conn: sa.Connection, batches: Sequence[StreamBatch]
     ) -> dict[tuple[str, str], list[int]]:
         keys = sorted({(b.org_id, b.stream_id) for b in batches})
         cursors: dict[tuple[str, str], list[int]] = {}
         for org_id, stream_id in keys:
             row = (
-                await conn.execute(
+                conn.execute(
                     sa.select(delivery_streams.c.generation, delivery_streams.c.next_seq)
                     .where(
                         delivery_streams.c.org_id == org_id,
@@ -244,8 +244,8 @@ class ApplyDeliveryBatches:
                 cursors[(org_id, stream_id)] = [int(row.generation), int(row.next_seq)]
         return cursors
 
-    async def _apply_reports(
-        self, conn: AsyncConnection, batches: Sequence[StreamBatch]
+    def _apply_reports(
+        self, conn: sa.Connection, batches: Sequence[StreamBatch]
     ) -> list[BatchApplied]:
         wanted = sorted(
             {
@@ -258,7 +258,7 @@ class ApplyDeliveryBatches:
         plan_rows: dict[tuple[str, str], Any] = {}
         for org_id, plan_id in wanted:
             row = (
-                await conn.execute(
+                conn.execute(
                     sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
                     .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
                     .with_for_update()
@@ -266,7 +266,7 @@ class ApplyDeliveryBatches:
             ).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
-        campaign_rows = await self._campaigns(conn, batches, plan_rows)
+        campaign_rows = self._campaigns(conn, batches, plan_rows)
         plan_terms = {key: self._terms_of(row.document) for key, row in plan_rows.items()}
 
         # Existing totals, so each report's cumulative spend is exact at its position.
@@ -283,7 +283,7 @@ class ApplyDeliveryBatches:
                 if isinstance(r, StreamReport)
             ]
             if starts:
-                for row in await conn.execute(
+                for row in conn.execute(
                     sa.select(
                         delivery_periods.c.governance_context,
                         delivery_periods.c.period_start,
@@ -384,15 +384,15 @@ class ApplyDeliveryBatches:
                 done.results.append(Delivered(outcome_id, findings))
                 done.touched_plans.add(report.plan_id)
             applied.append(done)
-        await _UPSERT_PERIODS.executemany(conn, period_rows)
-        await _INSERT_OUTCOMES.executemany(conn, outcome_rows)
+        _UPSERT_PERIODS.executemany(conn, period_rows)
+        _INSERT_OUTCOMES.executemany(conn, outcome_rows)
         touched = {row[0] for row in period_rows}
-        await _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in sorted(touched)])
+        _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in sorted(touched)])
         return applied
 
-    async def _campaigns(
+    def _campaigns(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         batches: Sequence[StreamBatch],
         plan_rows: dict[tuple[str, str], Any],
     ) -> dict[tuple[str, str, str], Any]:
@@ -409,7 +409,7 @@ class ApplyDeliveryBatches:
                         )
         found: dict[tuple[str, str, str], Any] = {}
         for (org_id, plan_id), names in by_media.items():
-            for row in await conn.execute(
+            for row in conn.execute(
                 sa.select(campaigns).where(
                     campaigns.c.org_id == org_id,
                     campaigns.c.plan_id == plan_id,
@@ -418,7 +418,7 @@ class ApplyDeliveryBatches:
             ):
                 found[(org_id, plan_id, "m:" + row.media_buy_id)] = row
         for (org_id, plan_id), names in by_context.items():
-            for row in await conn.execute(
+            for row in conn.execute(
                 sa.select(campaigns).where(
                     campaigns.c.org_id == org_id,
                     campaigns.c.plan_id == plan_id,

@@ -4,7 +4,8 @@ Callers submit an item to a `BatchOp`; the writer drains everything queued, appl
 once to all of its items inside a single transaction, commits, and only then resolves every
 caller. An op returns a result or a ReckonError per item (expected refusals, decided before
 anything is written); if the transaction itself fails, every item of the batch gets that
-failure and none of their rows remain.
+failure and none of their rows remain. Ops are synchronous code run by
+`Database.write_batch`, so a whole batch costs the event loop one hand-off.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
 from reckon_server.errors import Reason, ReckonError, unavailable
 from reckon_server.storage.database import Database
@@ -32,8 +33,8 @@ R_co = TypeVar("R_co", covariant=True)
 class BatchOp(Protocol[I_contra, R_co]):
     """Applies many items of one kind in the writer's transaction, in submission order."""
 
-    async def apply(
-        self, conn: AsyncConnection, items: Sequence[I_contra]
+    def apply(
+        self, conn: sa.Connection, items: Sequence[I_contra]
     ) -> Sequence[R_co | ReckonError]: ...
 
 
@@ -65,9 +66,9 @@ class GroupCommitter:
         # A caller that gave up no longer awaits the result; its failure is then expected.
         pending.future.add_done_callback(_observe)
         await self._queue.put(pending)
-        # A caller that gives up (deadline, cancel) must not cancel the shared future: the
-        # writer still resolves it, and the item is committed or failed with its batch.
-        return await asyncio.shield(pending.future)
+        # A caller that gives up (deadline, cancel) cancels only its wait: the item stays
+        # queued and is committed or failed with its batch.
+        return await pending.future
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -98,12 +99,16 @@ class GroupCommitter:
         by_op: dict[int, list[_Pending[Any, Any]]] = {}
         for pending in batch:
             by_op.setdefault(id(pending.op), []).append(pending)
-        outcomes: list[tuple[_Pending[Any, Any], Any]] = []
+
+        def apply_all(conn: sa.Connection) -> list[tuple[_Pending[Any, Any], Any]]:
+            outcomes: list[tuple[_Pending[Any, Any], Any]] = []
+            for group in by_op.values():
+                results = group[0].op.apply(conn, [p.item for p in group])
+                outcomes.extend(zip(group, results, strict=True))
+            return outcomes
+
         try:
-            async with self._database.write() as conn:
-                for group in by_op.values():
-                    results = await group[0].op.apply(conn, [p.item for p in group])
-                    outcomes.extend(zip(group, results, strict=True))
+            outcomes = await self._database.write_batch(apply_all)
         except ReckonError as err:
             _fail(batch, err)
             return

@@ -72,8 +72,6 @@ class BulkStatement:
             sql = self._compiled[dialect.name] = compiled.string
         return sql
 
-    async def executemany(self, conn: AsyncConnection, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
-            return
-        raw = await conn.get_raw_connection()
-        await raw.driver_connection.executemany(self._sql(conn.dialect), rows)  # type: ignore[union-attr]
+    def executemany(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            conn.exec_driver_sql(self._sql(conn.dialect), list(rows))
