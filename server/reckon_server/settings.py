@@ -59,6 +59,9 @@ class Settings:
     watch_heartbeat_seconds: float = 15.0
     """WatchPlan sends an event or a heartbeat at least this often."""
 
+    watch_backlog: int = 10_000
+    """A WatchPlan watcher this many events behind is dropped (WATCH_LAGGING)."""
+
     auth_cache_seconds: float = 2.0
     """How long an authenticated key is trusted without a lookup. Revocations through the API
     take effect at once on every replica; this bounds only out-of-band revocations."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from grpc import aio
 
@@ -71,6 +72,44 @@ async def test_watching_needs_the_plan(api: RunningServer) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
         await watch.read()
     assert decode(raised.value).reason == "PLAN_NOT_FOUND"
+
+
+async def test_a_watcher_that_falls_behind_is_dropped_and_can_reopen(database_url: str) -> None:
+    api = await RunningServer.start(database_url, watch_heartbeat_seconds=30, watch_backlog=5)
+    try:
+        buyer = await committed_plan(api, "laggard", PLAN, {"mb_1": 150_000})
+        watch = api.stubs.delivery.WatchPlan(
+            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
+        )
+        assert (await watch.read()).event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        # One batch is one transaction: the watcher wakes to eight new events at once, more
+        # than its backlog of five, however quickly it reads.
+        stream = RawStream(api, buyer.key, "laggard")
+        await stream.opened()
+        stream.send(1, [report(PLAN, "mb_1", day, 1_000 * M) for day in range(15, 23)])
+        assert len((await stream.ack()).results) == 8
+        with pytest.raises(aio.AioRpcError) as raised:
+            await next_event(watch, pb.PLAN_EVENT_TYPE_DELIVERY)
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "WATCH_LAGGING")
+        assert error.metadata["plan_id"] == PLAN
+        assert "google.rpc.RetryInfo" in error.details
+
+        reopened = api.stubs.delivery.WatchPlan(
+            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
+        )
+        snapshot = (await reopened.read()).event
+        assert snapshot.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        assert snapshot.state.spend_micros == 8 * 1_000 * M
+        # A lag within the backlog is simply caught up.
+        stream.send(2, [report(PLAN, "mb_1", day, 2_000 * M) for day in range(15, 18)])
+        await stream.ack()
+        for _ in range(3):
+            assert (await next_event(reopened, pb.PLAN_EVENT_TYPE_DELIVERY)).outcome_id
+        stream.close()
+        reopened.cancel()
+    finally:
+        await api.close()
 
 
 @pytest.fixture

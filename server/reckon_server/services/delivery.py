@@ -145,7 +145,7 @@ class DeliveryLedger:
                         sa.or_(created > ts, sa.and_(created == ts, id_column > last_id)),
                     )
                     .order_by(created, id_column)
-                    .limit(limit)
+                    .limit(limit + 1)
                 )
                 for r in await conn.execute(query):
                     rows.append(

@@ -145,7 +145,12 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         GovernanceServicer(governance), server
     )
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
-        DeliveryServicer(delivery, heartbeat_seconds=settings.watch_heartbeat_seconds), server
+        DeliveryServicer(
+            delivery,
+            heartbeat_seconds=settings.watch_heartbeat_seconds,
+            watch_backlog=settings.watch_backlog,
+        ),
+        server,
     )
 
     health_servicer = health.aio.HealthServicer()

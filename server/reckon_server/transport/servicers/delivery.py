@@ -43,13 +43,15 @@ from reckon_server.transport.status import rich_status
 Context = aio.ServicerContext[Any, Any]
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _END = object()
-MAX_WATCH_BACKLOG = 10_000
 
 
 class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
-    def __init__(self, ledger: DeliveryLedger, *, heartbeat_seconds: float) -> None:
+    def __init__(
+        self, ledger: DeliveryLedger, *, heartbeat_seconds: float, watch_backlog: int
+    ) -> None:
         self._ledger = ledger
         self._heartbeat = heartbeat_seconds
+        self._watch_backlog = watch_backlog
 
     async def StreamDelivery(
         self, request_iterator: AsyncIterator[pb.StreamDeliveryRequest], context: Context
@@ -233,9 +235,9 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         while True:
             await self._ledger.wait_for_change(principal, request.plan_id, self._heartbeat)
             changes, now_status = await self._ledger.changes_since(
-                principal, request.plan_id, watermark, MAX_WATCH_BACKLOG
+                principal, request.plan_id, watermark, self._watch_backlog
             )
-            if len(changes) > MAX_WATCH_BACKLOG:
+            if len(changes) > self._watch_backlog:
                 raise ReckonError(
                     Reason.WATCH_LAGGING,
                     "the watcher fell too far behind; reopen it for a fresh snapshot",
