@@ -37,15 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings.from_env().with_overrides(
-        {
-            "listen": getattr(args, "listen", None),
-            "database_url": args.database_url,
-            "policy_file": getattr(args, "policy_file", None),
-        }
-    )
     command: Callable[[argparse.Namespace, Settings], Coroutine[None, None, int]] = args.run
     try:
+        settings = Settings.from_env().with_overrides(
+            {
+                "listen": getattr(args, "listen", None),
+                "database_url": args.database_url,
+                "policy_file": getattr(args, "policy_file", None),
+            }
+        )
         return asyncio.run(command(args, settings))
     except (ReckonError, ValueError) as err:
         print(f"reckon: {err}", file=sys.stderr)

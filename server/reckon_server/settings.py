@@ -69,6 +69,13 @@ class Settings:
     db_pool_size: int = 8
     """Connections held by the PostgreSQL pool (SQLite uses one writer connection)."""
 
+    def __post_init__(self) -> None:
+        for name in sorted(_POSITIVE | _NON_NEGATIVE):
+            value = getattr(self, name)
+            if value < 0 or (value == 0 and name in _POSITIVE):
+                bound = "greater than 0" if name in _POSITIVE else "at least 0"
+                raise ValueError(f"{name} (RECKON_{name.upper()}) must be {bound}, not {value!r}")
+
     def with_overrides(self, values: Mapping[str, Any]) -> Settings:
         """A copy with the given non-None values replaced (CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -84,6 +91,21 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw)
         return cls(**values)
+
+
+# Numeric settings outside these bounds would stall, refuse or drop all work.
+_POSITIVE = {
+    "max_message_bytes",
+    "keepalive_seconds",
+    "check_ttl_seconds",
+    "stream_window",
+    "stream_server_inflight",
+    "stream_idle_seconds",
+    "watch_heartbeat_seconds",
+    "watch_backlog",
+    "db_pool_size",
+}
+_NON_NEGATIVE = {"grace_seconds", "auth_cache_seconds", "pacing_threshold_pct"}
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

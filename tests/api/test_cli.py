@@ -176,3 +176,22 @@ async def test_export_verify_and_agents_list(api: RunningServer, tmp_path: Path)
     code, _, err = await run("audit", "verify", "--org", "nope")
     assert code == 2
     assert "no org named 'nope'" in err
+
+
+async def test_a_setting_out_of_range_stops_the_command_with_its_name(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *RECKON,
+        "--database-url",
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        env={**os.environ, "RECKON_WATCH_BACKLOG": "0"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "RECKON_WATCH_BACKLOG" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not (tmp_path / "unused.db").exists()
