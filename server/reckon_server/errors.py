@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 class Reason(enum.StrEnum):
@@ -95,6 +96,11 @@ class ReckonError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Exception pickles its args (the message); this rebuilds every field, so an error
+        # decided in the SQLite writer process arrives whole.
+        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
 
 
 def invalid(reason: Reason, violations: Sequence[FieldViolation]) -> ReckonError:

@@ -1,7 +1,13 @@
 """A storage outage: Report answers UNAVAILABLE/REPORT_FAILED with RetryInfo, writes nothing,
-and works again once the database is back. Uses its own PostgreSQL, which it stops."""
+and works again once the database is back: its own PostgreSQL, which it stops, and SQLite's
+writer process, which it kills."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
 
 import grpc
 import pytest
@@ -44,3 +50,48 @@ async def test_report_during_an_outage_fails_retryably_and_writes_nothing() -> N
             await api.close()
     finally:
         postgres.stop()
+
+
+async def test_report_after_the_sqlite_writer_process_dies_fails_once_then_recovers(
+    tmp_path: Path,
+) -> None:
+    api = await RunningServer.start(f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}")
+    try:
+        agent = await api.register("outlived")
+        event = await api.stubs.audit.Execute(
+            pb.ExecuteRequest(action_type="db.migrate"), metadata=bearer(agent)
+        )
+
+        def report(message: str) -> pb.ReportRequest:
+            return pb.ReportRequest(
+                audit_event_id=event.audit_event_id,
+                outcome=pb.Outcome(status=types_pb2.OUTCOME_STATUS_SUCCESS, message=message),
+            )
+
+        first = await api.stubs.audit.Report(report("first"), metadata=bearer(agent))
+        assert (first.created, first.revision) == (True, 1)
+        [writer] = [
+            p for p in multiprocessing.active_children() if p.name == "reckon-sqlite-writer"
+        ]
+        assert writer.pid is not None
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join(10)
+
+        with pytest.raises(aio.AioRpcError) as raised:
+            await api.stubs.audit.Report(report("lost"), metadata=bearer(agent))
+        error = decode(raised.value)
+        assert (raised.value.code(), error.reason) == (grpc.StatusCode.UNAVAILABLE, "REPORT_FAILED")
+        assert "google.rpc.RetryInfo" in error.details
+
+        retried = await api.stubs.audit.Report(report("retried"), metadata=bearer(agent))
+        assert (retried.created, retried.revision) == (False, 2)
+        stored = await api.stubs.audit.GetAuditEvent(
+            pb.GetAuditEventRequest(audit_event_id=event.audit_event_id, include_history=True),
+            metadata=bearer(agent),
+        )
+        assert [(r.revision, r.outcome.message) for r in stored.history] == [
+            (1, "first"),
+            (2, "retried"),
+        ]
+    finally:
+        await api.close()

@@ -3,6 +3,7 @@ gapless history, through the real upsert on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -68,7 +69,7 @@ async def test_last_write_wins_with_gapless_history(
         if start >= len(items):
             break
         chunk = items[start : start + size]
-        results = await database.write_batch(lambda conn, chunk=chunk: op.apply(conn, chunk))
+        results = await database.write_batch(functools.partial(op.apply, items=chunk))
         assert all(isinstance(r, store.ReportResult) for r in results)
         start += size
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,25 +62,12 @@ class DeliveryLedger:
         self._notifier = notifier
         self.governance = governance
         self.limits = limits
-        self._op = store.ApplyDeliveryBatches(self._findings, terms_of)
-        self._threshold = pacing_threshold_pct
+        self._op = store.ApplyDeliveryBatches(
+            functools.partial(_stream_findings, threshold_pct=pacing_threshold_pct), terms_of
+        )
         self._slots = asyncio.Semaphore(limits.server_inflight)
         self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
         self.draining = asyncio.Event()
-
-    def _findings(
-        self, report: store.StreamReport, facts: store.CampaignFacts, cumulative: int
-    ) -> list[Finding]:
-        return delivery_findings(
-            report,
-            committed_micros=facts.committed_micros,
-            settled=facts.settled,
-            flight_start=facts.flight_start or facts.plan_flight_start,
-            flight_end=facts.flight_end or facts.plan_flight_end,
-            currency=facts.currency,
-            cumulative_micros=cumulative,
-            threshold_pct=self._threshold,
-        )
 
     async def open(self, principal: Principal, stream_id: str) -> tuple[int, int, asyncio.Event]:
         """Take over a stream. Returns its generation, next_seq, and an event that is set when
@@ -174,3 +162,19 @@ def _kind(row: Any) -> str:
     if "check_id" in row._mapping and "outcome_id" not in row._mapping:
         return "check"
     return "delivery" if row.outcome == 3 else "commitment"
+
+
+def _stream_findings(
+    report: store.StreamReport, facts: store.CampaignFacts, cumulative: int, *, threshold_pct: int
+) -> list[Finding]:
+    """A streamed report's findings; module-level so the SQLite writer process can run it."""
+    return delivery_findings(
+        report,
+        committed_micros=facts.committed_micros,
+        settled=facts.settled,
+        flight_start=facts.flight_start or facts.plan_flight_start,
+        flight_end=facts.flight_end or facts.plan_flight_end,
+        currency=facts.currency,
+        cumulative_micros=cumulative,
+        threshold_pct=threshold_pct,
+    )

@@ -6,9 +6,8 @@ read-to-write upgrade or polling the file lock, and readers use a separate pool 
 PostgreSQL uses one pooled engine for both; its invariants rest on constraints and row locks.
 
 Group-commit batches run as plain synchronous code (`write_batch`). On SQLite the whole
-transaction runs on one dedicated thread in a single hop, which costs the event loop far less
-than one thread round trip per statement; on PostgreSQL the same code runs through the async
-driver with `run_sync`.
+transaction runs in a writer process (`sqlite_writer`), one round trip per batch; on PostgreSQL
+the same code runs through the async driver with `run_sync`.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from reckon_server.errors import Reason, ReckonError, unavailable
+from reckon_server.storage.sqlite_writer import SqliteWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +42,8 @@ class Database:
             self._writer = _sqlite_engine(url, immediate=True, pool_size=1)
             self._reader = _sqlite_engine(url, immediate=False, pool_size=4)
             self._sqlite_turn = asyncio.Lock()
-            self._batch_engine = _sqlite_batch_engine(url)
+            self._batch_writer = SqliteWriter(url, sqlite_batch_engine)
+            # The one thread that talks to the writer process; it waits on the pipe, not the GIL.
             self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="reckon-sqlite-writer")
         else:
             self._writer = create_async_engine(
@@ -61,19 +62,16 @@ class Database:
 
     async def write_batch(self, work: Callable[[sa.Connection], T]) -> T:
         """Run `work` in one write transaction that commits if it returns and rolls back if
-        it raises."""
+        it raises. On SQLite it runs in the writer process: `work`, its result and its
+        exceptions must pickle."""
         async with _storage_errors():
             if self._sqlite_turn is None:
                 async with self._writer.begin() as conn:
                     return await conn.run_sync(work)
             async with self._sqlite_turn:
                 return await asyncio.get_running_loop().run_in_executor(
-                    self._batch_thread, self._run_sqlite_batch, work
+                    self._batch_thread, self._batch_writer.run, work
                 )
-
-    def _run_sqlite_batch(self, work: Callable[[sa.Connection], T]) -> T:
-        with self._batch_engine.begin() as conn:
-            return work(conn)
 
     def _turn(self) -> AbstractAsyncContextManager[Any]:
         return self._sqlite_turn if self._sqlite_turn is not None else nullcontext()
@@ -86,7 +84,7 @@ class Database:
     async def dispose(self) -> None:
         if self._sqlite_turn is not None:
             self._batch_thread.shutdown()
-            self._batch_engine.dispose()
+            self._batch_writer.close()
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
@@ -114,8 +112,8 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
     return engine
 
 
-def _sqlite_batch_engine(url: str) -> sa.Engine:
-    """The synchronous twin of the write engine, used only on the batch writer thread."""
+def sqlite_batch_engine(url: str) -> sa.Engine:
+    """The synchronous twin of the write engine, used by the writer process."""
     sync_url = sa.make_url(url).set(drivername="sqlite+pysqlite")
     engine = sa.create_engine(sync_url, pool_size=1, max_overflow=0)
     _configure_sqlite(engine, immediate=True)

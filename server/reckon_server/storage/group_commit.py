@@ -5,7 +5,8 @@ once to all of its items inside a single transaction, commits, and only then res
 caller. An op returns a result or a ReckonError per item (expected refusals, decided before
 anything is written); if the transaction itself fails, every item of the batch gets that
 failure and none of their rows remain. Ops are synchronous code run by
-`Database.write_batch`, so a whole batch costs the event loop one hand-off.
+`Database.write_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
+items and results travel pickled to the writer process and back.
 """
 
 from __future__ import annotations
@@ -99,16 +100,10 @@ class GroupCommitter:
         by_op: dict[int, list[_Pending[Any, Any]]] = {}
         for pending in batch:
             by_op.setdefault(id(pending.op), []).append(pending)
-
-        def apply_all(conn: sa.Connection) -> list[tuple[_Pending[Any, Any], Any]]:
-            outcomes: list[tuple[_Pending[Any, Any], Any]] = []
-            for group in by_op.values():
-                results = group[0].op.apply(conn, [p.item for p in group])
-                outcomes.extend(zip(group, results, strict=True))
-            return outcomes
-
+        groups = list(by_op.values())
+        work = _ApplyAll([(group[0].op, [p.item for p in group]) for group in groups])
         try:
-            outcomes = await self._database.write_batch(apply_all)
+            results = await self._database.write_batch(work)
         except ReckonError as err:
             _fail(batch, err)
             return
@@ -119,6 +114,11 @@ class GroupCommitter:
             )
             return
         self.batches += 1
+        outcomes = (
+            pair
+            for group, group_results in zip(groups, results, strict=True)
+            for pair in zip(group, group_results, strict=True)
+        )
         for pending, result in outcomes:
             if pending.future.done():
                 continue
@@ -126,6 +126,16 @@ class GroupCommitter:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+
+
+@dataclass(frozen=True)
+class _ApplyAll:
+    """One batch's work: each op applied to its items, in one transaction."""
+
+    groups: list[tuple[BatchOp[Any, Any], list[Any]]]
+
+    def __call__(self, conn: sa.Connection) -> list[Sequence[Any]]:
+        return [op.apply(conn, items) for op, items in self.groups]
 
 
 def _observe(future: asyncio.Future[Any]) -> None:
