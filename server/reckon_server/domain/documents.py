@@ -37,6 +37,8 @@ def document_problem(
 ) -> str | None:
     """Why the document is unacceptable, or None. Depth is checked first so that a
     pathologically deep value is never serialised."""
+    if not value:
+        return None
     if depth(value) > max_depth:
         return f"nested deeper than {max_depth} levels"
     try:
