@@ -73,6 +73,11 @@ class Database:
                     self._batch_thread, self._batch_writer.run, work
                 )
 
+    def start_batch_writer(self) -> None:
+        """Start what `write_batch` needs ahead of the first batch (SQLite's writer process)."""
+        if self._sqlite_turn is not None:
+            self._batch_writer.start()
+
     def _turn(self) -> AbstractAsyncContextManager[Any]:
         return self._sqlite_turn if self._sqlite_turn is not None else nullcontext()
 

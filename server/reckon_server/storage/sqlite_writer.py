@@ -48,7 +48,7 @@ class SqliteWriter:
         If the child dies, this batch fails as a storage outage (it may or may not have
         committed, as with a lost connection) and the next batch starts a new child.
         """
-        pipe = self._pipe or self._start()
+        pipe = self._pipe or self.start()
         try:
             pipe.send(work)
             succeeded, value = pipe.recv()
@@ -70,7 +70,10 @@ class SqliteWriter:
                 self._process.join()
             self._process = None
 
-    def _start(self) -> Connection:
+    def start(self) -> Connection:
+        """Start the child now (it imports for a second or so) rather than on the first batch."""
+        if self._pipe is not None:
+            return self._pipe
         # spawn, not fork: the server has grpc and database threads that a fork would copy
         # in whatever state they were in.
         context = multiprocessing.get_context("spawn")

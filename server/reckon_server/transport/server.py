@@ -94,6 +94,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         policies = PolicyStore(settings.policy_file)
         await migrate.upgrade(database)
         bootstrap_key = await _bootstrap_keys(database, settings)
+        database.start_batch_writer()
     except BaseException:
         await database.dispose()
         raise
