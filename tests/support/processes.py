@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -36,17 +37,24 @@ class ServerProcess:
             await asyncio.wait_for(self.process.wait(), 30)
 
     def peak_rss_mib(self) -> float:
-        """The process's peak resident set size so far (VmHWM)."""
+        """Peak resident set size so far (VmHWM) of the server and its child processes (the
+        SQLite writer), summed."""
         return self._status_mib("VmHWM:")
 
     def rss_mib(self) -> float:
-        """The process's resident set size now (VmRSS)."""
+        """Resident set size now (VmRSS) of the server and its child processes, summed."""
         return self._status_mib("VmRSS:")
 
     def _status_mib(self, field: str) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(li for li in status.splitlines() if li.startswith(field))
-        return int(line.split()[1]) / 1024
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0
+        for each in (pid, *map(int, children)):
+            with contextlib.suppress(FileNotFoundError):
+                status = Path(f"/proc/{each}/status").read_text()
+                line = next(li for li in status.splitlines() if li.startswith(field))
+                total += int(line.split()[1])
+        return total / 1024
 
 
 async def start_reckon(

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -100,12 +100,18 @@ def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
             try:
                 work = pickle.loads(payload)
                 with engine.begin() as conn:
-                    reply: tuple[bool, Any] = (True, work(conn))
+                    # Pickled before the commit: a result that cannot travel back rolls the
+                    # transaction back, so the server is told "committed" only when it is.
+                    reply = pickle.dumps((True, work(conn)), pickle.HIGHEST_PROTOCOL)
             except Exception as err:
-                reply = (False, err)
-            try:
-                pipe.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError) as err:
-                log.exception("a writer reply could not be sent back")
-                pipe.send((False, RuntimeError(f"unsendable writer reply: {err}")))
+                reply = _failure(err)
+            pipe.send_bytes(reply)
     engine.dispose()
+
+
+def _failure(err: Exception) -> bytes:
+    try:
+        return pickle.dumps((False, err), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        log.exception("a writer failure could not be sent back as it is")
+        return pickle.dumps((False, RuntimeError(f"{type(err).__name__}: {err}")))

@@ -1,0 +1,65 @@
+"""SQLite's writer process: results come back only for committed work, errors come back
+whole, and a dead writer is replaced."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from reckon_server.errors import Reason, ReckonError
+from reckon_server.storage.database import sqlite_batch_engine
+from reckon_server.storage.sqlite_writer import SqliteWriter
+
+
+@dataclass(frozen=True)
+class Insert:
+    value: str
+    reply_unsendable: bool = False
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        conn.exec_driver_sql("INSERT INTO notes VALUES (?)", (self.value,))
+        return (lambda: None) if self.reply_unsendable else self.value
+
+
+@dataclass(frozen=True)
+class Refuse:
+    def __call__(self, conn: sa.Connection) -> Any:
+        conn.exec_driver_sql("INSERT INTO notes VALUES ('refused')")
+        raise ReckonError(Reason.CAMPAIGN_SUSPENDED, "no", {"plan_id": "p"}, retry_after_seconds=2)
+
+
+def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
+    path = tmp_path / "writer.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (value TEXT)")
+    writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
+    try:
+        assert writer.run(Insert("kept")) == "kept"
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            writer.run(Insert("rolled back", reply_unsendable=True))
+        with pytest.raises(ReckonError) as refused:
+            writer.run(Refuse())
+        assert refused.value.reason is Reason.CAMPAIGN_SUSPENDED
+        assert refused.value.metadata == {"plan_id": "p"}
+        assert refused.value.retry_after_seconds == 2
+
+        process = writer._process
+        assert process is not None
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)
+        with pytest.raises(ConnectionResetError):
+            writer.run(Insert("lost"))
+        assert writer.run(Insert("after")) == "after"
+    finally:
+        writer.close()
+    with sqlite3.connect(path) as db:
+        assert [v for (v,) in db.execute("SELECT value FROM notes")] == ["kept", "after"]
