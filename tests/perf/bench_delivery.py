@@ -142,11 +142,16 @@ def sqlite_bound(path: Path, reports: int) -> float:
 
 
 async def reckon_run(url: str, reports: int) -> tuple[dict[str, float], float]:
+    """The load generator's figures, with the server's CPU use added, and the peak RSS."""
     admin = new_secret()
     server = await start_reckon(url, admin)
     try:
         key = await prepare(server, admin)
+        before = server.cpu_seconds()
         result = await client(server.target, key, "bench-stream", reports)
+        after = server.cpu_seconds()
+        result["server_cores"] = (after[0] - before[0]) / result["seconds"]
+        result["writer_cores"] = (after[1] - before[1]) / result["seconds"]
         return result, server.peak_rss_mib()
     finally:
         await server.stop()
@@ -203,6 +208,11 @@ async def main(reports: int) -> None:
         print(
             f"{name:<37} {rate(result):>10,.0f} reports/s   ack p50 {result['p50_ms']:7.1f} ms"
             f"   p99 {result['p99_ms']:7.1f} ms   server peak RSS {rss:.0f} MiB"
+        )
+        print(
+            f"{'':<37} CPU: server {result['server_cores']:.2f} cores, "
+            f"its writer process {result['writer_cores']:.2f} "
+            f"({1e6 * result['writer_cores'] / rate(result):.0f} us per report)"
         )
     print(
         f"ratios (c)/(a) {rate(sqlite) / rate(baseline):.1%}   (c)/(b) "

@@ -101,9 +101,13 @@ async def main(seconds: float, callers: int, rounds: int) -> None:
             # Alternating rounds expose both servers to the same machine noise; the median
             # ratio is the figure.
             base, ours = [], []
+            cpu = [0.0, 0.0, 0.0, 0.0]  # server, its writer process, client, wall seconds
             for _ in range(rounds):
                 base.append(await drive(noop.target, "x", fake_ids, callers, seconds))
+                before = (*reckon.cpu_seconds(), time.process_time(), time.perf_counter())
                 ours.append(await drive(reckon.target, key, ids, callers, seconds))
+                after = (*reckon.cpu_seconds(), time.process_time(), time.perf_counter())
+                cpu = [c + a - b for c, a, b in zip(cpu, after, before, strict=True)]
             rss = reckon.peak_rss_mib()
         finally:
             await asyncio.gather(noop.stop(), reckon.stop())
@@ -122,6 +126,11 @@ async def main(seconds: float, callers: int, rounds: int) -> None:
         f"ratio Reckon / no-op per round: {', '.join(f'{r:.0%}' for r in ratios)}; "
         f"median {statistics.median(ratios):.0%} (goal >= 60%); "
         f"server peak RSS {rss:.0f} MiB"
+    )
+    server, writer, client, wall = cpu
+    print(
+        f"CPU during the Reckon rounds (warm-up included): server {server / wall:.2f} cores, "
+        f"its writer process {writer / wall:.2f}, client {client / wall:.2f}"
     )
 
 

@@ -45,15 +45,30 @@ class ServerProcess:
         """Resident set size now (VmRSS) of the server and its child processes, summed."""
         return self._status_mib("VmRSS:")
 
-    def _status_mib(self, field: str) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the server process, and by its live child processes (the
+        SQLite writer) together."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        server, *children = (
+            sum(map(int, stat.rsplit(")", 1)[1].split()[11:13])) / ticks
+            for stat in self._proc_files("stat")
+        )
+        return server, sum(children)
+
+    def _proc_files(self, name: str) -> list[str]:
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = 0
+        found = []
         for each in (pid, *map(int, children)):
             with contextlib.suppress(FileNotFoundError):
-                status = Path(f"/proc/{each}/status").read_text()
-                line = next(li for li in status.splitlines() if li.startswith(field))
-                total += int(line.split()[1])
+                found.append(Path(f"/proc/{each}/{name}").read_text())
+        return found
+
+    def _status_mib(self, field: str) -> float:
+        total = 0
+        for status in self._proc_files("status"):
+            line = next(li for li in status.splitlines() if li.startswith(field))
+            total += int(line.split()[1])
         return total / 1024
 
 
