@@ -9,11 +9,15 @@ MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_DOCUMENT_DEPTH = 16
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
     """Deterministic JSON (sorted keys, no spaces): equal documents hash equally."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
 def depth(value: Any) -> int:

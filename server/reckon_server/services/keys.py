@@ -7,6 +7,7 @@ server (the `reckon keys revoke` command on SQLite) keeps working here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from reckon_server.domain.principals import Principal, hash_key
@@ -23,6 +24,8 @@ class Authenticator:
         self._notifier = notifier
         self._ttl = ttl
         self._cache: dict[str, tuple[Principal, str, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._revocations = 0
         notifier.subscribe(self._on_change)
 
     async def __call__(self, secret: str) -> Principal | None:
@@ -30,19 +33,40 @@ class Authenticator:
         cached = self._cache.get(key_hash)
         if cached is not None and cached[2] > time.monotonic():
             return cached[0]
+        # When an entry expires, every caller using the key misses at once; they share one
+        # lookup instead of each reading the database.
+        lookup = self._lookups.get(key_hash)
+        if lookup is None:
+            lookup = self._lookups[key_hash] = asyncio.ensure_future(self._lookup(key_hash))
+            lookup.add_done_callback(lambda done: self._forget(key_hash, done))
+        return await asyncio.shield(lookup)
+
+    def _forget(self, key_hash: str, lookup: asyncio.Future[Principal | None]) -> None:
+        if self._lookups.get(key_hash) is lookup:
+            del self._lookups[key_hash]
+        if not lookup.cancelled():
+            lookup.exception()  # its callers have it; none left must not log it as lost
+
+    async def _lookup(self, key_hash: str) -> Principal | None:
+        revocations = self._revocations
         async with self._db.read() as conn:
             found = await store.authenticate(conn, key_hash)
         if found is None:
             self._cache.pop(key_hash, None)
             return None
         principal, key_id = found
-        self._cache[key_hash] = (principal, key_id, time.monotonic() + self._ttl)
+        # A revocation that arrived during the read may not be in what it returned.
+        if revocations == self._revocations:
+            self._cache[key_hash] = (principal, key_id, time.monotonic() + self._ttl)
         return principal
 
     async def revoked(self, key_id: str) -> None:
         await self._notifier.publish(KEY_REVOKED, key_id)
 
     def _on_change(self, topic: str, payload: str) -> None:
+        if topic in ("*", KEY_REVOKED):
+            self._revocations += 1
+            self._lookups.clear()
         if topic == "*":
             self._cache.clear()
         elif topic == KEY_REVOKED:

@@ -354,6 +354,25 @@ _APPEND_HISTORY = BulkStatement(
 )
 
 
+# Built once: constructing the statement cost more than running it for a small batch.
+_LOCK_REPORTED_EVENTS = (
+    sa.select(
+        audit_events.c.audit_event_id,
+        audit_events.c.org_id,
+        audit_events.c.principal_id,
+        audit_outcomes.c.revision,
+    )
+    .select_from(
+        audit_events.outerjoin(
+            audit_outcomes, audit_outcomes.c.audit_event_id == audit_events.c.audit_event_id
+        )
+    )
+    .where(audit_events.c.audit_event_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(audit_events.c.audit_event_id)
+    .with_for_update(of=audit_events)
+)
+
+
 class ReportOutcomes:
     """Report as a group-commit op.
 
@@ -369,24 +388,7 @@ class ReportOutcomes:
     ) -> list[ReportResult | ReckonError]:
         ids = sorted({item.report.audit_event_id for item in items})
         current = {
-            row.audit_event_id: row
-            for row in conn.execute(
-                sa.select(
-                    audit_events.c.audit_event_id,
-                    audit_events.c.org_id,
-                    audit_events.c.principal_id,
-                    audit_outcomes.c.revision,
-                )
-                .select_from(
-                    audit_events.outerjoin(
-                        audit_outcomes,
-                        audit_outcomes.c.audit_event_id == audit_events.c.audit_event_id,
-                    )
-                )
-                .where(audit_events.c.audit_event_id.in_(ids))
-                .order_by(audit_events.c.audit_event_id)
-                .with_for_update(of=audit_events)
-            )
+            row.audit_event_id: row for row in conn.execute(_LOCK_REPORTED_EVENTS, {"ids": ids})
         }
         revisions = {event_id: row.revision or 0 for event_id, row in current.items()}
         results: list[ReportResult | ReckonError] = []

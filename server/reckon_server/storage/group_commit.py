@@ -64,11 +64,12 @@ class GroupCommitter:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
         pending: _Pending[I, R] = _Pending(op, item)
-        # A caller that gave up no longer awaits the result; its failure is then expected.
-        pending.future.add_done_callback(_observe)
-        await self._queue.put(pending)
-        # A caller that gives up (deadline, cancel) cancels only its wait: the item stays
-        # queued and is committed or failed with its batch.
+        if self._queue.full():
+            await self._queue.put(pending)
+        else:
+            self._queue.put_nowait(pending)
+        # A caller that gives up (deadline, cancel) cancels its future: the item stays queued
+        # and is committed with its batch, and nothing is left waiting for its result.
         return await pending.future
 
     async def close(self) -> None:
@@ -76,10 +77,10 @@ class GroupCommitter:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+        queued = []
         while not self._queue.empty():
-            self._queue.get_nowait().future.set_exception(
-                unavailable(Reason.DRAINING, "the server is shutting down")
-            )
+            queued.append(self._queue.get_nowait())
+        _fail(queued, unavailable(Reason.DRAINING, "the server is shutting down"))
 
     async def _write_forever(self) -> None:
         while True:
@@ -136,11 +137,6 @@ class _ApplyAll:
 
     def __call__(self, conn: sa.Connection) -> list[Sequence[Any]]:
         return [op.apply(conn, items) for op, items in self.groups]
-
-
-def _observe(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _fail(batch: list[_Pending[Any, Any]], err: ReckonError) -> None:

@@ -94,12 +94,17 @@ def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
     # Ctrl-C reaches the whole process group; the server decides when its writer stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     engine = engine_factory(url)
-    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
+    # One connection for the life of the process: a pool checkout and reset per batch cost
+    # as much as a small batch's statements.
+    with (
+        contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError),
+        engine.connect() as conn,
+    ):
         while True:
             payload = pipe.recv_bytes()
             try:
                 work = pickle.loads(payload)
-                with engine.begin() as conn:
+                with conn.begin():
                     # Pickled before the commit: a result that cannot travel back rolls the
                     # transaction back, so the server is told "committed" only when it is.
                     reply = pickle.dumps((True, work(conn)), pickle.HIGHEST_PROTOCOL)

@@ -1,0 +1,97 @@
+"""The key cache: callers that miss together share one lookup, and a revocation that arrives
+during a lookup keeps its result out of the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from reckon_server.domain.principals import Role
+from reckon_server.services.keys import KEY_REVOKED, Authenticator
+from reckon_server.services.notify import Notifier
+from reckon_server.storage import migrate
+from reckon_server.storage import principals as principal_store
+from reckon_server.storage.bus import ChangeBus
+from reckon_server.storage.database import Database
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url)
+    await migrate.upgrade(db)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def key_lookups() -> Iterator[list[str]]:
+    """Statements that read the API keys table, on any engine of this process."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys.key_hash = " in statement:
+            seen.append(statement)
+
+    event.listen(sa.Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(sa.Engine, "before_cursor_execute", record)
+
+
+async def _agent_key(database: Database) -> tuple[str, str]:
+    async with database.write() as conn:
+        org_id = await principal_store.ensure_org(conn, "default")
+        agent = await principal_store.ensure_principal(conn, org_id, "bot", Role.AGENT)
+        key = await principal_store.add_key(conn, agent)
+    return key.secret, key.key_id
+
+
+async def test_callers_that_miss_together_share_one_lookup(
+    database: Database, key_lookups: list[str]
+) -> None:
+    secret, _ = await _agent_key(database)
+    bus = ChangeBus(database)
+    await bus.start()
+    try:
+        authenticate = Authenticator(database, Notifier(bus), ttl=60)
+        principals = await asyncio.gather(*(authenticate(secret) for _ in range(50)))
+        assert {p.name if p else None for p in principals} == {"bot"}
+        assert len(key_lookups) == 1
+        assert await authenticate("not-a-key") is None
+        assert len(key_lookups) == 2
+    finally:
+        await bus.close()
+
+
+async def test_a_revocation_during_a_lookup_keeps_its_result_out_of_the_cache(
+    database: Database, key_lookups: list[str]
+) -> None:
+    secret, key_id = await _agent_key(database)
+    bus = ChangeBus(database)
+    await bus.start()
+    try:
+        notifier = Notifier(bus)
+        authenticate = Authenticator(database, notifier, ttl=60)
+        delivered = asyncio.Event()
+        notifier.subscribe(lambda topic, _: delivered.set() if topic == KEY_REVOKED else None)
+        async with database.engine.connect() as blocker:
+            if not database.is_sqlite:
+                # PostgreSQL delivers notifications asynchronously: the read waits for it.
+                await blocker.execute(sa.text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            first = asyncio.ensure_future(authenticate(secret))
+            while not key_lookups:  # noqa: ASYNC110 - polls the statement hook until the read is issued
+                await asyncio.sleep(0)
+            await notifier.publish(KEY_REVOKED, key_id)
+            await delivered.wait()
+            await blocker.rollback()
+        assert (await first) is not None  # the call began before the revocation
+        assert await authenticate(secret) is not None  # the key itself was never revoked
+        assert len(key_lookups) == 2  # read again, not served from the cache
+        assert await authenticate(secret) is not None
+        assert len(key_lookups) == 2  # and now cached
+    finally:
+        await bus.close()
