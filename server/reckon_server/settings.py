@@ -66,6 +66,11 @@ class Settings:
     """How long an authenticated key is trusted without a lookup. Revocations through the API
     take effect at once on every replica; this bounds only out-of-band revocations."""
 
+    group_commit_linger_ms: float = 2.0
+    """Under concurrent writes, how long a group commit waits for more writes to join it.
+    Larger transactions cost the server and the database less per write; a lone writer never
+    waits."""
+
     db_pool_size: int = 8
     """Connections held by the PostgreSQL pool (SQLite uses one writer connection)."""
 
@@ -105,7 +110,12 @@ _POSITIVE = {
     "watch_backlog",
     "db_pool_size",
 }
-_NON_NEGATIVE = {"grace_seconds", "auth_cache_seconds", "pacing_threshold_pct"}
+_NON_NEGATIVE = {
+    "grace_seconds",
+    "auth_cache_seconds",
+    "pacing_threshold_pct",
+    "group_commit_linger_ms",
+}
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

@@ -98,7 +98,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     except BaseException:
         await database.dispose()
         raise
-    committer = GroupCommitter(database)
+    committer = GroupCommitter(database, linger_seconds=settings.group_commit_linger_ms / 1000)
     bus = ChangeBus(database)
     await bus.start()
     notifier = Notifier(bus)
