@@ -34,6 +34,7 @@ from reckon_server.errors import (
 from reckon_server.services.notify import Notifier
 from reckon_server.storage import governance as store
 from reckon_server.storage.database import Database
+from reckon_server.storage.delivery import outcome_ids
 
 SYNC_PLANS = "SyncPlans"
 REPORT_PLAN_OUTCOME = "ReportPlanOutcome"
@@ -466,7 +467,7 @@ class GovernanceLedger:
             )
             if replay is not None:
                 return replay, True
-            outcome_id = "out_" + secrets.token_hex(12)
+            (outcome_id,) = outcome_ids(now, 1)
             if check is not None:
                 result = await self._settle(
                     conn,

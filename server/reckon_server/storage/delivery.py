@@ -137,6 +137,17 @@ FindingsOf = Callable[[StreamReport, CampaignFacts, int], list[Finding]]
 TermsOf = Callable[[dict[str, Any]], Any]
 
 
+def outcome_ids(now: datetime, count: int) -> list[str]:
+    """`count` new outcome ids: `out_`, the time in milliseconds, then 48 random bits.
+
+    Ids that grow with time land at the end of the primary-key index instead of at random
+    pages all over it, which as the table grows is most of what an insert costs.
+    """
+    prefix = f"out_{epoch_micros(now) // 1000:012x}"
+    random_hex = secrets.token_hex(6 * count)
+    return [prefix + random_hex[i : i + 12] for i in range(0, 12 * count, 12)]
+
+
 def fenced(stream_id: str) -> ReckonError:
     return ReckonError(
         Reason.STREAM_FENCED,
@@ -299,8 +310,10 @@ class ApplyDeliveryBatches:
         period_rows: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
         applied: list[BatchApplied] = []
+        facts_of: dict[str, CampaignFacts] = {}
         for batch in batches:
             now_us = epoch_micros(batch.now)
+            new_ids = iter(outcome_ids(batch.now, len(batch.reports)))
             done = BatchApplied([])
             for report in batch.reports:
                 if isinstance(report, ReckonError):
@@ -334,20 +347,22 @@ class ApplyDeliveryBatches:
                 previous = periods.get((context, start_us, end_us), 0)
                 periods[(context, start_us, end_us)] = report.spend_micros
                 totals[context] = totals.get(context, 0) - previous + report.spend_micros
-                terms = plan_terms[(batch.org_id, report.plan_id)]
-                facts = CampaignFacts(
-                    context,
-                    report.plan_id,
-                    terms.currency,
-                    campaign.committed_micros,
-                    campaign.settled,
-                    campaign.flight_start,
-                    campaign.flight_end,
-                    terms.flight_start,
-                    terms.flight_end,
-                )
+                facts = facts_of.get(context)
+                if facts is None:
+                    terms = plan_terms[(batch.org_id, report.plan_id)]
+                    facts = facts_of[context] = CampaignFacts(
+                        context,
+                        report.plan_id,
+                        terms.currency,
+                        campaign.committed_micros,
+                        campaign.settled,
+                        campaign.flight_start,
+                        campaign.flight_end,
+                        terms.flight_start,
+                        terms.flight_end,
+                    )
                 findings = tuple(self._findings_of(report, facts, totals[context]))
-                outcome_id = "out_" + secrets.token_hex(12)
+                outcome_id = next(new_ids)
                 period_rows.append(
                     (
                         context,
