@@ -1,6 +1,6 @@
 """AuditService.Report at 64 concurrent callers vs a no-op grpc.aio servicer, in one run.
 
-    .venv/bin/python -m tests.perf.bench_report [--seconds 6] [--callers 64] [--rounds 3]
+    .venv/bin/python -m tests.perf.bench_report [--seconds 6] [--callers 64] [--rounds 5]
 
 Both servers run as separate processes and are driven by the same client code in this
 process; the figure that matters is the ratio, measured on the same machine in the same run.
@@ -138,6 +138,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--callers", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     arguments = parser.parse_args()
     asyncio.run(main(arguments.seconds, arguments.callers, arguments.rounds))
