@@ -29,15 +29,21 @@ async def next_event(watch: aio.UnaryStreamCall, kind: int) -> pb.PlanEvent:  # 
             return response.event
 
 
+async def watch_from_snapshot(
+    api: RunningServer, key: str
+) -> tuple[aio.UnaryStreamCall, pb.WatchPlanResponse]:  # type: ignore[type-arg]
+    """A WatchPlan call on PLAN and its first message, which must be the snapshot."""
+    watch = api.stubs.delivery.WatchPlan(pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(key))
+    first = await watch.read()
+    assert first.event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+    return watch, first
+
+
 async def test_snapshot_then_checks_commitments_status_and_delivery(database_url: str) -> None:
     api = await RunningServer.start(database_url, watch_heartbeat_seconds=0.2)
     try:
         buyer = await committed_plan(api, "watcher", PLAN, {"mb_1": 150_000})
-        watch = api.stubs.delivery.WatchPlan(
-            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
-        )
-        first = await watch.read()
-        assert first.event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        watch, first = await watch_from_snapshot(api, buyer.key)
         assert first.event.state.committed_micros == 150_000 * M
         assert first.heartbeat_interval.nanos == 200_000_000
 
@@ -78,10 +84,7 @@ async def test_a_watcher_that_falls_behind_is_dropped_and_can_reopen(database_ur
     api = await RunningServer.start(database_url, watch_heartbeat_seconds=30, watch_backlog=5)
     try:
         buyer = await committed_plan(api, "laggard", PLAN, {"mb_1": 150_000})
-        watch = api.stubs.delivery.WatchPlan(
-            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
-        )
-        assert (await watch.read()).event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        watch, _ = await watch_from_snapshot(api, buyer.key)
         # One batch is one transaction: the watcher wakes to eight new events at once, more
         # than its backlog of five, however quickly it reads.
         stream = RawStream(api, buyer.key, "laggard")
@@ -95,12 +98,8 @@ async def test_a_watcher_that_falls_behind_is_dropped_and_can_reopen(database_ur
         assert error.metadata["plan_id"] == PLAN
         assert "google.rpc.RetryInfo" in error.details
 
-        reopened = api.stubs.delivery.WatchPlan(
-            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
-        )
-        snapshot = (await reopened.read()).event
-        assert snapshot.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
-        assert snapshot.state.spend_micros == 8 * 1_000 * M
+        reopened, snapshot = await watch_from_snapshot(api, buyer.key)
+        assert snapshot.event.state.spend_micros == 8 * 1_000 * M
         # A lag within the backlog is simply caught up.
         stream.send(2, [report(PLAN, "mb_1", day, 2_000 * M) for day in range(15, 18)])
         await stream.ack()
@@ -126,10 +125,7 @@ async def test_a_streamed_pacing_finding_reaches_a_watcher_on_another_replica(
 ) -> None:
     watched, streamed = replicas
     buyer = await committed_plan(streamed, "cross", PLAN, {"mb_1": 150_000})
-    watch = watched.stubs.delivery.WatchPlan(
-        pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
-    )
-    assert (await watch.read()).event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+    watch, _ = await watch_from_snapshot(watched, buyer.key)
     stream = RawStream(streamed, buyer.key, "cross-replica")
     await stream.opened()
     # 18,750 in the first week of a 150,000, 13-week flight: the seed's pacing anomaly.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,18 +15,9 @@ from sqlalchemy import event
 from reckon_server.domain.principals import Role
 from reckon_server.services.keys import KEY_REVOKED, Authenticator
 from reckon_server.services.notify import Notifier
-from reckon_server.storage import migrate
 from reckon_server.storage import principals as principal_store
 from reckon_server.storage.bus import ChangeBus
 from reckon_server.storage.database import Database
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await migrate.upgrade(db)
-    yield db
-    await db.dispose()
 
 
 @pytest.fixture
@@ -42,56 +34,56 @@ def key_lookups() -> Iterator[list[str]]:
     event.remove(sa.Engine, "before_cursor_execute", record)
 
 
-async def _agent_key(database: Database) -> tuple[str, str]:
+@dataclass
+class Keyed:
+    """An agent's key and an authenticator on a running change bus."""
+
+    secret: str
+    key_id: str
+    notifier: Notifier
+    authenticate: Authenticator
+
+
+@pytest.fixture
+async def keyed(database: Database) -> AsyncIterator[Keyed]:
     async with database.write() as conn:
         org_id = await principal_store.ensure_org(conn, "default")
         agent = await principal_store.ensure_principal(conn, org_id, "bot", Role.AGENT)
         key = await principal_store.add_key(conn, agent)
-    return key.secret, key.key_id
+    bus = ChangeBus(database)
+    await bus.start()
+    notifier = Notifier(bus)
+    yield Keyed(key.secret, key.key_id, notifier, Authenticator(database, notifier, ttl=60))
+    await bus.close()
 
 
 async def test_callers_that_miss_together_share_one_lookup(
-    database: Database, key_lookups: list[str]
+    keyed: Keyed, key_lookups: list[str]
 ) -> None:
-    secret, _ = await _agent_key(database)
-    bus = ChangeBus(database)
-    await bus.start()
-    try:
-        authenticate = Authenticator(database, Notifier(bus), ttl=60)
-        principals = await asyncio.gather(*(authenticate(secret) for _ in range(50)))
-        assert {p.name if p else None for p in principals} == {"bot"}
-        assert len(key_lookups) == 1
-        assert await authenticate("not-a-key") is None
-        assert len(key_lookups) == 2
-    finally:
-        await bus.close()
+    principals = await asyncio.gather(*(keyed.authenticate(keyed.secret) for _ in range(50)))
+    assert {p.name if p else None for p in principals} == {"bot"}
+    assert len(key_lookups) == 1
+    assert await keyed.authenticate("not-a-key") is None
+    assert len(key_lookups) == 2
 
 
 async def test_a_revocation_during_a_lookup_keeps_its_result_out_of_the_cache(
-    database: Database, key_lookups: list[str]
+    database: Database, keyed: Keyed, key_lookups: list[str]
 ) -> None:
-    secret, key_id = await _agent_key(database)
-    bus = ChangeBus(database)
-    await bus.start()
-    try:
-        notifier = Notifier(bus)
-        authenticate = Authenticator(database, notifier, ttl=60)
-        delivered = asyncio.Event()
-        notifier.subscribe(lambda topic, _: delivered.set() if topic == KEY_REVOKED else None)
-        async with database.engine.connect() as blocker:
-            if not database.is_sqlite:
-                # PostgreSQL delivers notifications asynchronously: the read waits for it.
-                await blocker.execute(sa.text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
-            first = asyncio.ensure_future(authenticate(secret))
-            while not key_lookups:  # noqa: ASYNC110 - polls the statement hook until the read is issued
-                await asyncio.sleep(0)
-            await notifier.publish(KEY_REVOKED, key_id)
-            await delivered.wait()
-            await blocker.rollback()
-        assert (await first) is not None  # the call began before the revocation
-        assert await authenticate(secret) is not None  # the key itself was never revoked
-        assert len(key_lookups) == 2  # read again, not served from the cache
-        assert await authenticate(secret) is not None
-        assert len(key_lookups) == 2  # and now cached
-    finally:
-        await bus.close()
+    delivered = asyncio.Event()
+    keyed.notifier.subscribe(lambda topic, _: delivered.set() if topic == KEY_REVOKED else None)
+    async with database.engine.connect() as blocker:
+        if not database.is_sqlite:
+            # PostgreSQL delivers notifications asynchronously: the read waits for it.
+            await blocker.execute(sa.text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+        first = asyncio.ensure_future(keyed.authenticate(keyed.secret))
+        while not key_lookups:  # noqa: ASYNC110 - polls the statement hook until the read is issued
+            await asyncio.sleep(0)
+        await keyed.notifier.publish(KEY_REVOKED, keyed.key_id)
+        await delivered.wait()
+        await blocker.rollback()
+    assert (await first) is not None  # the call began before the revocation
+    assert await keyed.authenticate(keyed.secret) is not None  # the key was never revoked
+    assert len(key_lookups) == 2  # read again, not served from the cache
+    assert await keyed.authenticate(keyed.secret) is not None
+    assert len(key_lookups) == 2  # and now cached

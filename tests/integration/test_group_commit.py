@@ -4,9 +4,8 @@ back, and under concurrency the commit lingers so that later writes can join."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import pytest
 import sqlalchemy as sa
 
 from reckon_server.storage.database import Database
@@ -19,13 +18,6 @@ class Together:
     def apply(self, conn: sa.Connection, items: Sequence[str]) -> list[tuple[str, ...]]:
         conn.exec_driver_sql("SELECT 1")
         return [tuple(items)] * len(items)
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    yield db
-    await db.dispose()
 
 
 async def test_a_lone_writer_does_not_wait_for_company(database: Database) -> None:

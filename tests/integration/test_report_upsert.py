@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,18 +14,8 @@ from reckon_server.domain.audit import ActionRequest, OutcomeReport, OutcomeStat
 from reckon_server.domain.policy import Decision, Evaluation
 from reckon_server.domain.principals import Role
 from reckon_server.storage import audit as store
-from reckon_server.storage import migrate
 from reckon_server.storage import principals as principal_store
 from reckon_server.storage.database import Database
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await migrate.upgrade(db)
-    yield db
-    await db.dispose()
-
 
 reports = st.lists(
     st.tuples(st.integers(0, 2), st.sampled_from(list(OutcomeStatus)), st.integers(1, 4)),

@@ -45,7 +45,8 @@ class Authenticator:
         if self._lookups.get(key_hash) is lookup:
             del self._lookups[key_hash]
         if not lookup.cancelled():
-            lookup.exception()  # its callers have it; none left must not log it as lost
+            # Retrieved here, so a failed lookup whose callers all gave up is not logged as lost.
+            lookup.exception()
 
     async def _lookup(self, key_hash: str) -> Principal | None:
         revocations = self._revocations
