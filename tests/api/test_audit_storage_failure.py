@@ -1,12 +1,14 @@
 """A storage outage: Report answers UNAVAILABLE/REPORT_FAILED with RetryInfo, writes nothing,
 and works again once the database is back: its own PostgreSQL, which it stops, and SQLite's
-writer process, which it kills."""
+writer process, which it kills with a Report in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -52,10 +54,11 @@ async def test_report_during_an_outage_fails_retryably_and_writes_nothing() -> N
         postgres.stop()
 
 
-async def test_report_after_the_sqlite_writer_process_dies_fails_once_then_recovers(
+async def test_a_report_in_flight_when_the_sqlite_writer_process_dies_fails_then_recovers(
     tmp_path: Path,
 ) -> None:
-    api = await RunningServer.start(f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}")
+    path = tmp_path / "writer.db"
+    api = await RunningServer.start(f"sqlite+aiosqlite:///{path}")
     try:
         agent = await api.register("outlived")
         event = await api.stubs.audit.Execute(
@@ -74,11 +77,20 @@ async def test_report_after_the_sqlite_writer_process_dies_fails_once_then_recov
             p for p in multiprocessing.active_children() if p.name == "reckon-sqlite-writer"
         ]
         assert writer.pid is not None
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.join(10)
 
-        with pytest.raises(aio.AioRpcError) as raised:
-            await api.stubs.audit.Report(report("lost"), metadata=bearer(agent))
+        with sqlite3.connect(path, isolation_level=None) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")  # holds the Report's transaction in the writer
+            lost = asyncio.ensure_future(
+                api.stubs.audit.Report(report("lost"), metadata=bearer(agent))
+            )
+            sent = api.server.database._batch_writer._awaiting
+            while not sent:  # noqa: ASYNC110 - polls until the transaction is in the pipe
+                await asyncio.sleep(0.01)
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.join(10)
+            with pytest.raises(aio.AioRpcError) as raised:
+                await lost
+            blocker.execute("ROLLBACK")
         error = decode(raised.value)
         assert (raised.value.code(), error.reason) == (grpc.StatusCode.UNAVAILABLE, "REPORT_FAILED")
         assert "google.rpc.RetryInfo" in error.details

@@ -1,10 +1,13 @@
 """Which writes share a group-commit transaction: concurrent ones do, a lone writer is not held
-back, and under concurrency the commit lingers so that later writes can join."""
+back, and under concurrency the commit lingers so that later writes can join. On SQLite the
+next transaction is sent while one commits, and they still apply in order."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -45,3 +48,55 @@ async def test_under_concurrency_later_writes_join_the_next_transaction(
         assert committer.batches == 2
     finally:
         await committer.close()
+
+
+class Append:
+    """Adds each item to `notes`; answers each with the notes its transaction saw."""
+
+    def apply(self, conn: sa.Connection, items: Sequence[str]) -> list[tuple[str, ...]]:
+        seen = []
+        for item in items:
+            conn.exec_driver_sql("INSERT INTO notes VALUES (?)", (item,))
+            seen.append(tuple(v for (v,) in conn.exec_driver_sql("SELECT value FROM notes")))
+        return seen
+
+
+async def test_sqlite_sends_the_next_batch_while_one_commits_and_applies_them_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pipelined.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (value TEXT)")
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    committer = GroupCommitter(database, linger_seconds=0)
+    op = Append()
+
+    async def sent(count: int) -> None:
+        while database._batches_in_flight < count:  # noqa: ASYNC110 - polls the database
+            await asyncio.sleep(0.01)
+
+    try:
+        with sqlite3.connect(path, isolation_level=None) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")  # the writer process waits for this lock
+            first = asyncio.ensure_future(committer.submit(op, "a"))
+            await asyncio.wait_for(sent(1), 30)
+            second = asyncio.ensure_future(committer.submit(op, "b"))
+            await asyncio.wait_for(sent(2), 10)
+
+            async def write_directly() -> None:
+                async with database.write() as conn:
+                    await conn.exec_driver_sql("INSERT INTO notes VALUES ('c')")
+
+            # The server's own connection waits until the batches already sent are done.
+            direct = asyncio.ensure_future(write_directly())
+            await asyncio.sleep(0.2)
+            assert [first.done(), second.done(), direct.done()] == [False, False, False]
+            blocker.execute("ROLLBACK")
+        assert await first == ("a",)
+        assert await second == ("a", "b")
+        await direct
+    finally:
+        await committer.close()
+        await database.dispose()
+    with sqlite3.connect(path) as db:
+        assert [v for (v,) in db.execute("SELECT value FROM notes ORDER BY rowid")] == list("abc")

@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,35 @@ def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
         assert refused.value.metadata == {"plan_id": "p"}
         assert refused.value.retry_after_seconds == 2
 
-        process = writer._process
-        assert process is not None
-        assert process.pid is not None
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(10)
-        with pytest.raises(ConnectionResetError):
-            writer.run(Insert("lost"))
+        # A writer that dies between transactions loses nothing: the next one gets a new one.
+        kill(writer)
+        assert writer.run(Insert("after an idle death")) == "after an idle death"
+
+        # One that dies holding transactions fails exactly those, pipelined ones included.
+        with sqlite3.connect(path, isolation_level=None) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")  # the writer's transactions wait for the lock
+            in_flight = [writer.submit(Insert("lost")), writer.submit(Insert("lost too"))]
+            while len(writer._awaiting) < 2:  # both sent: later ones would go to a new child
+                time.sleep(0.01)
+            kill(writer)
+            for lost in in_flight:
+                with pytest.raises(ConnectionResetError):
+                    lost.result(10)
+            blocker.execute("ROLLBACK")
         assert writer.run(Insert("after")) == "after"
     finally:
         writer.close()
     with sqlite3.connect(path) as db:
-        assert [v for (v,) in db.execute("SELECT value FROM notes")] == ["kept", "after"]
+        assert [v for (v,) in db.execute("SELECT value FROM notes")] == [
+            "kept",
+            "after an idle death",
+            "after",
+        ]
+
+
+def kill(writer: SqliteWriter) -> None:
+    assert writer._child is not None
+    process = writer._child.process
+    assert process.pid is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from reckon_server.domain.findings import (
     BUDGET_AUTHORITY,
@@ -35,6 +36,21 @@ class DeliveryFigures:
     completion_rate: float | None = None
     cumulative_spend_micros: int | None = None
     """Given by delivery-phase checks; otherwise summed from stored periods."""
+
+
+class PeriodFigures(Protocol):
+    """What the findings of a delivery report read from it."""
+
+    @property
+    def period_start(self) -> datetime: ...
+    @property
+    def period_end(self) -> datetime: ...
+    @property
+    def spend_micros(self) -> int: ...
+    @property
+    def impressions(self) -> int: ...
+    @property
+    def cpm_micros(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -175,7 +191,7 @@ def _iso_day(moment: datetime) -> str:
 
 
 def delivery_findings(
-    figures: DeliveryFigures,
+    figures: PeriodFigures,
     *,
     committed_micros: int,
     settled: bool,

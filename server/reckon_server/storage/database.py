@@ -5,17 +5,17 @@ turns on an in-process lock: writers queue instead of failing with SQLITE_BUSY o
 read-to-write upgrade or polling the file lock, and readers use a separate pool under WAL.
 PostgreSQL uses one pooled engine for both; its invariants rest on constraints and row locks.
 
-Group-commit batches run as plain synchronous code (`write_batch`). On SQLite the whole
-transaction runs in a writer process (`sqlite_writer`), one round trip per batch; on PostgreSQL
-the same code runs through the async driver with `run_sync`.
+Group-commit batches run as plain synchronous code (`write_batch`, `send_batch`). On SQLite
+the whole transaction runs in a writer process (`sqlite_writer`), which may have the next
+batch waiting while it commits one; on PostgreSQL the same code runs through the async driver
+with `run_sync`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
@@ -43,8 +43,9 @@ class Database:
             self._reader = _sqlite_engine(url, immediate=False, pool_size=4)
             self._sqlite_turn = asyncio.Lock()
             self._batch_writer = SqliteWriter(url, sqlite_batch_engine)
-            # The one thread that talks to the writer process; it waits on the pipe, not the GIL.
-            self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="reckon-sqlite-writer")
+            self._batches_in_flight = 0
+            self._no_batches = asyncio.Event()
+            self._no_batches.set()
         else:
             self._writer = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -60,18 +61,43 @@ class Database:
         async with _storage_errors(), self._turn(), self._writer.begin() as conn:
             yield conn
 
+    @property
+    def batch_pipeline_depth(self) -> int:
+        """How many batches `send_batch` may have sent without their result yet: on SQLite one
+        commits in the writer process while the next waits in its pipe; on PostgreSQL batches
+        go one at a time, as concurrent transactions would take their row locks in any order."""
+        return 1 if self._sqlite_turn is None else 2
+
     async def write_batch(self, work: Callable[[sa.Connection], T]) -> T:
         """Run `work` in one write transaction that commits if it returns and rolls back if
         it raises. On SQLite it runs in the writer process: `work`, its result and its
         exceptions must pickle."""
+        return await (await self.send_batch(work))
+
+    async def send_batch(self, work: Callable[[sa.Connection], T]) -> Awaitable[T]:
+        """Put `work`'s transaction in line behind every batch sent before it (as
+        `write_batch`); returns what awaits its result."""
+        if self._sqlite_turn is None:
+            return self._run_batch(work)
+        async with self._sqlite_turn:
+            result = asyncio.wrap_future(self._batch_writer.submit(work))
+            self._batches_in_flight += 1
+            self._no_batches.clear()
+            result.add_done_callback(self._batch_settled)
+        return self._batch_result(result)
+
+    async def _run_batch(self, work: Callable[[sa.Connection], T]) -> T:
+        async with _storage_errors(), self._writer.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def _batch_result(self, result: Awaitable[T]) -> T:
         async with _storage_errors():
-            if self._sqlite_turn is None:
-                async with self._writer.begin() as conn:
-                    return await conn.run_sync(work)
-            async with self._sqlite_turn:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._batch_thread, self._batch_writer.run, work
-                )
+            return await result
+
+    def _batch_settled(self, _: object) -> None:
+        self._batches_in_flight -= 1
+        if not self._batches_in_flight:
+            self._no_batches.set()
 
     def start_batch_writer(self) -> None:
         """Start what `write_batch` needs ahead of the first batch (SQLite's writer process)."""
@@ -79,7 +105,16 @@ class Database:
             self._batch_writer.start()
 
     def _turn(self) -> AbstractAsyncContextManager[Any]:
-        return self._sqlite_turn if self._sqlite_turn is not None else nullcontext()
+        return self._sqlite_exclusive() if self._sqlite_turn is not None else nullcontext()
+
+    @asynccontextmanager
+    async def _sqlite_exclusive(self) -> AsyncIterator[None]:
+        """The write lock for the server's own connection: no batch may be sent meanwhile,
+        and those already sent must be done."""
+        assert self._sqlite_turn is not None
+        async with self._sqlite_turn:
+            await self._no_batches.wait()
+            yield
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -88,7 +123,6 @@ class Database:
 
     async def dispose(self) -> None:
         if self._sqlite_turn is not None:
-            self._batch_thread.shutdown()
             self._batch_writer.close()
         await self._writer.dispose()
         if self._reader is not self._writer:

@@ -14,14 +14,13 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
-from reckon_server.domain.pacing import DeliveryFigures
 from reckon_server.errors import Reason, ReckonError, Resource, not_found
 from reckon_server.storage.schema import (
     campaigns,
@@ -31,7 +30,7 @@ from reckon_server.storage.schema import (
     plans,
 )
 from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
-from reckon_server.storage.types import epoch_micros
+from reckon_server.storage.types import epoch_micros, from_epoch_micros
 
 ACTIVE = 1
 _PERIOD_COLUMNS = (
@@ -83,16 +82,34 @@ _INSERT_OUTCOMES = BulkStatement(
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class StreamReport(DeliveryFigures):
-    """One validated report of a batch: its figures and the plan and campaign it is for."""
+class StreamReport(NamedTuple):
+    """One validated report of a batch: its figures and the plan and campaign it is for.
+
+    A tuple with times in epoch microseconds, as they are stored: batches cross to the
+    writer process pickled, and a tuple of plain values is what pickles cheaply.
+    """
 
     plan_id: str
-    governance_context: str = ""
+    governance_context: str
+    media_buy_id: str
+    start_us: int
+    end_us: int
+    spend_micros: int
+    impressions: int
+    cpm_micros: int | None
+    viewability_rate: float | None
+    completion_rate: float | None
+
+    @property
+    def period_start(self) -> datetime:
+        return from_epoch_micros(self.start_us)
+
+    @property
+    def period_end(self) -> datetime:
+        return from_epoch_micros(self.end_us)
 
 
-@dataclass(frozen=True)
-class Delivered:
+class Delivered(NamedTuple):
     """A stored report: its outcome and findings."""
 
     outcome_id: str
@@ -287,12 +304,7 @@ class ApplyDeliveryBatches:
         if contexts:
             # Periods this transaction may replace: each campaign's rows within the time
             # range its reports cover (usually few or none; new periods are not stored yet).
-            starts = [
-                epoch_micros(r.period_start)
-                for b in batches
-                for r in b.reports
-                if isinstance(r, StreamReport)
-            ]
+            starts = [r.start_us for b in batches for r in b.reports if isinstance(r, StreamReport)]
             if starts:
                 for row in conn.execute(
                     sa.select(
@@ -340,10 +352,7 @@ class ApplyDeliveryBatches:
                     done.results.append(_missing_campaign(report))
                     continue
                 context = campaign.governance_context
-                start_us, end_us = (
-                    epoch_micros(report.period_start),
-                    epoch_micros(report.period_end),
-                )
+                start_us, end_us = report.start_us, report.end_us
                 previous = periods.get((context, start_us, end_us), 0)
                 periods[(context, start_us, end_us)] = report.spend_micros
                 totals[context] = totals.get(context, 0) - previous + report.spend_micros

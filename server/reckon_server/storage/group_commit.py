@@ -5,15 +5,17 @@ once to all of its items inside a single transaction, commits, and only then res
 caller. An op returns a result or a ReckonError per item (expected refusals, decided before
 anything is written); if the transaction itself fails, every item of the batch gets that
 failure and none of their rows remain. Ops are synchronous code run by
-`Database.write_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
-items and results travel pickled to the writer process and back.
+`Database.send_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
+items and results travel pickled to the writer process and back, and the next batch is sent
+while the writer commits the previous one (transactions still apply one after another, in
+the order they were sent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -24,6 +26,7 @@ from reckon_server.storage.database import Database
 
 log = logging.getLogger(__name__)
 _MAX_LINGER_TURNS = 8
+_CLOSE_SECONDS = 10.0
 
 I = TypeVar("I")  # noqa: E741 - conventional name for an item type
 R = TypeVar("R")
@@ -62,6 +65,8 @@ class GroupCommitter:
         self._linger_seconds = linger_seconds
         self._queue: asyncio.Queue[_Pending[Any, Any]] = asyncio.Queue(max_queue)
         self._writer: asyncio.Task[None] | None = None
+        self._sent: set[asyncio.Task[None]] = set()
+        """Batches sent to storage whose callers are not resolved yet."""
         self.batches = 0
         """Transactions committed so far (for tests and benchmarks)."""
 
@@ -83,6 +88,12 @@ class GroupCommitter:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+        # Batches already sent settle with their transactions, if storage answers in time.
+        if self._sent:
+            _, late = await asyncio.wait(self._sent, timeout=_CLOSE_SECONDS)
+            for settling in late:
+                settling.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         queued = []
         while not self._queue.empty():
             queued.append(self._queue.get_nowait())
@@ -90,7 +101,10 @@ class GroupCommitter:
 
     async def _write_forever(self) -> None:
         concurrent = False
+        depth = self._database.batch_pipeline_depth
         while True:
+            while len(self._sent) >= depth:
+                await asyncio.wait(self._sent, return_when=asyncio.FIRST_COMPLETED)
             batch = [await self._queue.get()]
             # While writes arrive concurrently, a short wait lets more of them share the
             # transaction: each then costs the loop and the database less, which under load
@@ -107,19 +121,37 @@ class GroupCommitter:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             concurrent = len(batch) > 1
-            await self._commit(batch)
+            await self._send(batch)
 
-    async def _commit(self, batch: list[_Pending[Any, Any]]) -> None:
+    async def _send(self, batch: list[_Pending[Any, Any]]) -> None:
+        """Send the batch's transaction now, in order; its callers are resolved once it
+        commits, while the next batch is put together."""
         by_op: dict[int, list[_Pending[Any, Any]]] = {}
         for pending in batch:
             by_op.setdefault(id(pending.op), []).append(pending)
         groups = list(by_op.values())
         work = _ApplyAll([(group[0].op, [p.item for p in group]) for group in groups])
         try:
-            results = await self._database.write_batch(work)
+            committed = await self._database.send_batch(work)
+        except asyncio.CancelledError:
+            _fail(batch, unavailable(Reason.DRAINING, "the server is shutting down"))
+            raise
+        settling = asyncio.get_running_loop().create_task(self._settle(groups, committed))
+        self._sent.add(settling)
+        settling.add_done_callback(self._sent.discard)
+
+    async def _settle(
+        self, groups: list[list[_Pending[Any, Any]]], committed: Awaitable[list[Sequence[Any]]]
+    ) -> None:
+        batch = [pending for group in groups for pending in group]
+        try:
+            results = await committed
         except ReckonError as err:
             _fail(batch, err)
             return
+        except asyncio.CancelledError:
+            _fail(batch, unavailable(Reason.DRAINING, "the server is shutting down"))
+            raise
         except Exception:
             log.exception("group commit of %d items failed", len(batch))
             _fail(

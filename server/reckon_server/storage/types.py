@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,9 +25,7 @@ class UtcTimestamp(sa.TypeDecorator[datetime]):
     def process_result_value(self, value: int | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
-        return datetime.fromtimestamp(value // 1_000_000, UTC).replace(
-            microsecond=value % 1_000_000
-        )
+        return from_epoch_micros(value)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -39,6 +37,10 @@ def epoch_micros(value: datetime) -> int:
         raise ValueError("naive datetimes are not stored")
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 JsonDocument: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
