@@ -295,7 +295,11 @@ class ApplyDeliveryBatches:
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
         campaign_rows = self._campaigns(conn, batches, plan_rows)
-        plan_terms = {key: self._terms_of(row.document) for key, row in plan_rows.items()}
+        lookups = _Lookups(
+            plan_rows,
+            campaign_rows,
+            {key: self._terms_of(row.document) for key, row in plan_rows.items()},
+        )
 
         # Existing totals, so each report's cumulative spend is exact at its position.
         contexts = sorted({c.governance_context for c in campaign_rows.values()})
@@ -322,54 +326,29 @@ class ApplyDeliveryBatches:
         period_rows: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
         applied: list[BatchApplied] = []
-        facts_of: dict[str, CampaignFacts] = {}
         for batch in batches:
             now_us = epoch_micros(batch.now)
             new_ids = iter(outcome_ids(batch.now, len(batch.reports)))
             done = BatchApplied([])
+            # A batch's reports name few campaigns: each is resolved and checked once.
+            targets: dict[tuple[str, str, str], _Target | ReckonError] = {}
             for report in batch.reports:
                 if isinstance(report, ReckonError):
                     done.results.append(report)
                     continue
-                plan_row = plan_rows.get((batch.org_id, report.plan_id))
-                if plan_row is None or plan_row.owner_id != batch.principal_id:
-                    done.results.append(
-                        not_found(Reason.PLAN_NOT_FOUND, "plan", report.plan_id, "plan_id")
-                    )
+                key = (report.plan_id, report.media_buy_id, report.governance_context)
+                target = targets.get(key)
+                if target is None:
+                    target = targets[key] = lookups.target(batch, report)
+                if isinstance(target, ReckonError):
+                    done.results.append(target)
                     continue
-                if plan_row.status != ACTIVE:
-                    done.results.append(
-                        ReckonError(
-                            Reason.CAMPAIGN_SUSPENDED,
-                            f"plan {report.plan_id} is not active",
-                            {"plan_id": report.plan_id},
-                            precondition=("PLAN_STATUS", report.plan_id),
-                        )
-                    )
-                    continue
-                campaign = campaign_rows.get(_campaign_key(batch.org_id, report))
-                if campaign is None:
-                    done.results.append(_missing_campaign(report))
-                    continue
-                context = campaign.governance_context
+                facts = target.facts
+                context = facts.governance_context
                 start_us, end_us = report.start_us, report.end_us
                 previous = periods.get((context, start_us, end_us), 0)
                 periods[(context, start_us, end_us)] = report.spend_micros
                 totals[context] = totals.get(context, 0) - previous + report.spend_micros
-                facts = facts_of.get(context)
-                if facts is None:
-                    terms = plan_terms[(batch.org_id, report.plan_id)]
-                    facts = facts_of[context] = CampaignFacts(
-                        context,
-                        report.plan_id,
-                        terms.currency,
-                        campaign.committed_micros,
-                        campaign.settled,
-                        campaign.flight_start,
-                        campaign.flight_end,
-                        terms.flight_start,
-                        terms.flight_end,
-                    )
                 findings = tuple(self._findings_of(report, facts, totals[context]))
                 outcome_id = next(new_ids)
                 period_rows.append(
@@ -395,13 +374,13 @@ class ApplyDeliveryBatches:
                         report.plan_id,
                         None,
                         context,
-                        campaign.purchase_type,
+                        target.purchase_type,
                         3,
                         2 if findings else 1,
                         None,
                         len(findings),
                         _findings_json(findings),
-                        plan_row.plan_hash,
+                        target.plan_hash,
                         now_us,
                     )
                 )
@@ -451,6 +430,57 @@ class ApplyDeliveryBatches:
             ):
                 found[(org_id, plan_id, "g:" + row.governance_context)] = row
         return found
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a report lands: its campaign, and what its outcome row copies from the plan."""
+
+    facts: CampaignFacts
+    purchase_type: int
+    plan_hash: str
+
+
+@dataclass
+class _Lookups:
+    """What one transaction read about the plans and campaigns its reports name."""
+
+    plan_rows: dict[tuple[str, str], Any]
+    campaign_rows: dict[tuple[str, str, str], Any]
+    plan_terms: dict[tuple[str, str], Any]
+    facts_of: dict[str, CampaignFacts] = field(default_factory=dict)
+
+    def target(self, batch: StreamBatch, report: StreamReport) -> _Target | ReckonError:
+        """The campaign a report is for, or why the report is refused."""
+        plan_row = self.plan_rows.get((batch.org_id, report.plan_id))
+        if plan_row is None or plan_row.owner_id != batch.principal_id:
+            return not_found(Reason.PLAN_NOT_FOUND, "plan", report.plan_id, "plan_id")
+        if plan_row.status != ACTIVE:
+            return ReckonError(
+                Reason.CAMPAIGN_SUSPENDED,
+                f"plan {report.plan_id} is not active",
+                {"plan_id": report.plan_id},
+                precondition=("PLAN_STATUS", report.plan_id),
+            )
+        campaign = self.campaign_rows.get(_campaign_key(batch.org_id, report))
+        if campaign is None:
+            return _missing_campaign(report)
+        context = campaign.governance_context
+        facts = self.facts_of.get(context)
+        if facts is None:
+            terms = self.plan_terms[(batch.org_id, report.plan_id)]
+            facts = self.facts_of[context] = CampaignFacts(
+                context,
+                report.plan_id,
+                terms.currency,
+                campaign.committed_micros,
+                campaign.settled,
+                campaign.flight_start,
+                campaign.flight_end,
+                terms.flight_start,
+                terms.flight_end,
+            )
+        return _Target(facts, campaign.purchase_type, plan_row.plan_hash)
 
 
 def _campaign_key(org_id: str, report: StreamReport) -> tuple[str, str, str]:
