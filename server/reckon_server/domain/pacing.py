@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from reckon_server.domain.findings import (
@@ -20,6 +20,7 @@ CPM_TOLERANCE_DIVISOR = 20
 """A reported CPM within 1/20 (5 %) of spend / impressions * 1000 is consistent."""
 _DAY = 86_400
 _WEEK = 7
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class DeliveryFigures:
     cumulative_spend_micros: int | None = None
     """Given by delivery-phase checks; otherwise summed from stored periods."""
 
+    @property
+    def end_us(self) -> int:
+        return _us(self.period_end - _EPOCH)
+
 
 class PeriodFigures(Protocol):
     """What the findings of a delivery report read from it."""
@@ -45,6 +50,10 @@ class PeriodFigures(Protocol):
     def period_start(self) -> datetime: ...
     @property
     def period_end(self) -> datetime: ...
+    @property
+    def end_us(self) -> int:
+        """period_end in microseconds since the epoch."""
+
     @property
     def spend_micros(self) -> int: ...
     @property
@@ -190,6 +199,70 @@ def _iso_day(moment: datetime) -> str:
     return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class DeliveryRules:
+    """The findings rules for the delivery reports of one campaign: pacing, overspend and CPM
+    consistency. Its flight and budget are worked out once, for the many reports of a stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        committed_micros: int,
+        settled: bool,
+        flight_start: datetime,
+        flight_end: datetime,
+        currency: str,
+        threshold_pct: int = DEFAULT_THRESHOLD_PCT,
+    ) -> None:
+        self._committed = committed_micros
+        self._settled = settled
+        self._flight_start = flight_start
+        self._flight_end = flight_end
+        self._currency = currency
+        self._threshold = threshold_pct
+        self._flight_start_us = _us(flight_start - _EPOCH)
+        flight_days = (flight_end - flight_start).total_seconds() / _DAY
+        self._weekly: float | None = None
+        """Planned spend per week, for the quick pacing estimate; None when undefined."""
+        if committed_micros > 0 and flight_days > 0:
+            self._weekly = committed_micros / max(1, math.floor(flight_days / _WEEK + 0.5))
+
+    def findings(self, figures: PeriodFigures, cumulative_micros: int) -> list[Finding]:
+        """Every finding of one report, given the campaign's cumulative spend after it."""
+        findings: list[Finding] = []
+        if self._may_be_off_pace(figures.end_us, cumulative_micros):
+            paced = pacing(
+                committed_micros=self._committed,
+                flight_start=self._flight_start,
+                flight_end=self._flight_end,
+                period_start=figures.period_start,
+                period_end=figures.period_end,
+                period_spend_micros=figures.spend_micros,
+                cumulative_spend_micros=cumulative_micros,
+            )
+            finding = pacing_finding(paced, self._threshold) if paced is not None else None
+            if finding is not None:
+                findings.append(finding)
+        if self._settled:
+            over = overspend_finding(cumulative_micros, self._committed, self._currency)
+            if over is not None:
+                findings.append(over)
+        inconsistent = cpm_finding(figures.spend_micros, figures.impressions, figures.cpm_micros)
+        if inconsistent is not None:
+            findings.append(inconsistent)
+        return findings
+
+    def _may_be_off_pace(self, period_end_us: int, cumulative: int) -> bool:
+        """A float estimate of |overpace|, with a margin, so that the exact rational
+        arithmetic runs only for reports near or past the threshold (streams carry many
+        on-plan reports)."""
+        elapsed_days = (period_end_us - self._flight_start_us) / 1_000_000 / _DAY
+        if self._weekly is None or elapsed_days <= 0:
+            return False
+        expected = self._weekly * elapsed_days / _WEEK
+        return abs((cumulative / expected - 1) * 100) >= self._threshold - 1
+
+
 def delivery_findings(
     figures: PeriodFigures,
     *,
@@ -202,52 +275,12 @@ def delivery_findings(
     threshold_pct: int = DEFAULT_THRESHOLD_PCT,
 ) -> list[Finding]:
     """Every finding of one delivery report: pacing, overspend and CPM consistency."""
-    findings: list[Finding] = []
-    if _may_be_off_pace(
-        committed=committed_micros,
+    rules = DeliveryRules(
+        committed_micros=committed_micros,
+        settled=settled,
         flight_start=flight_start,
         flight_end=flight_end,
-        period_end=figures.period_end,
-        cumulative=cumulative_micros,
+        currency=currency,
         threshold_pct=threshold_pct,
-    ):
-        paced = pacing(
-            committed_micros=committed_micros,
-            flight_start=flight_start,
-            flight_end=flight_end,
-            period_start=figures.period_start,
-            period_end=figures.period_end,
-            period_spend_micros=figures.spend_micros,
-            cumulative_spend_micros=cumulative_micros,
-        )
-        finding = pacing_finding(paced, threshold_pct) if paced is not None else None
-        if finding is not None:
-            findings.append(finding)
-    if settled:
-        over = overspend_finding(cumulative_micros, committed_micros, currency)
-        if over is not None:
-            findings.append(over)
-    inconsistent = cpm_finding(figures.spend_micros, figures.impressions, figures.cpm_micros)
-    if inconsistent is not None:
-        findings.append(inconsistent)
-    return findings
-
-
-def _may_be_off_pace(
-    *,
-    committed: int,
-    flight_start: datetime,
-    flight_end: datetime,
-    period_end: datetime,
-    cumulative: int,
-    threshold_pct: int,
-) -> bool:
-    """A float estimate of |overpace|, with a margin, so that the exact rational arithmetic
-    runs only for reports near or past the threshold (streams carry many on-plan reports)."""
-    flight_days = (flight_end - flight_start).total_seconds() / _DAY
-    elapsed_days = (period_end - flight_start).total_seconds() / _DAY
-    if committed <= 0 or flight_days <= 0 or elapsed_days <= 0:
-        return False
-    weeks = max(1, math.floor(flight_days / _WEEK + 0.5))
-    expected = committed / weeks * elapsed_days / _WEEK
-    return abs((cumulative / expected - 1) * 100) >= threshold_pct - 1
+    )
+    return rules.findings(figures, cumulative_micros)

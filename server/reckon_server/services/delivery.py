@@ -12,8 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reckon_server.clock import utcnow
-from reckon_server.domain.findings import Finding
-from reckon_server.domain.pacing import delivery_findings
+from reckon_server.domain.pacing import DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
 from reckon_server.services.governance import GovernanceLedger, plan_topic
@@ -63,7 +62,7 @@ class DeliveryLedger:
         self.governance = governance
         self.limits = limits
         self._op = store.ApplyDeliveryBatches(
-            functools.partial(_stream_findings, threshold_pct=pacing_threshold_pct), terms_of
+            functools.partial(_stream_rules, threshold_pct=pacing_threshold_pct), terms_of
         )
         self._slots = asyncio.Semaphore(limits.server_inflight)
         self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
@@ -164,17 +163,14 @@ def _kind(row: Any) -> str:
     return "delivery" if row.outcome == 3 else "commitment"
 
 
-def _stream_findings(
-    report: store.StreamReport, facts: store.CampaignFacts, cumulative: int, *, threshold_pct: int
-) -> list[Finding]:
-    """A streamed report's findings; module-level so the SQLite writer process can run it."""
-    return delivery_findings(
-        report,
+def _stream_rules(facts: store.CampaignFacts, *, threshold_pct: int) -> store.ReportRules:
+    """A campaign's findings rules for streamed reports; module-level so that the SQLite
+    writer process can run it."""
+    return DeliveryRules(
         committed_micros=facts.committed_micros,
         settled=facts.settled,
         flight_start=facts.flight_start or facts.plan_flight_start,
         flight_end=facts.flight_end or facts.plan_flight_end,
         currency=facts.currency,
-        cumulative_micros=cumulative,
         threshold_pct=threshold_pct,
-    )
+    ).findings

@@ -149,8 +149,10 @@ class BatchApplied:
     touched_plans: set[str] = field(default_factory=set)
 
 
-FindingsOf = Callable[[StreamReport, CampaignFacts, int], list[Finding]]
-"""(report, campaign, cumulative spend after it) -> findings."""
+ReportRules = Callable[[StreamReport, int], list[Finding]]
+"""(report, its campaign's cumulative spend after it) -> findings."""
+RulesOf = Callable[[CampaignFacts], ReportRules]
+"""The findings rules of one campaign's reports."""
 TermsOf = Callable[[dict[str, Any]], Any]
 
 
@@ -218,8 +220,8 @@ async def open_stream(
 class ApplyDeliveryBatches:
     """The group-commit op for StreamDelivery batches."""
 
-    def __init__(self, findings_of: FindingsOf, terms_of: TermsOf) -> None:
-        self._findings_of = findings_of
+    def __init__(self, rules_of: RulesOf, terms_of: TermsOf) -> None:
+        self._rules_of = rules_of
         self._terms_of = terms_of
 
     def apply(
@@ -299,6 +301,7 @@ class ApplyDeliveryBatches:
             plan_rows,
             campaign_rows,
             {key: self._terms_of(row.document) for key, row in plan_rows.items()},
+            self._rules_of,
         )
 
         # Existing totals, so each report's cumulative spend is exact at its position.
@@ -343,13 +346,12 @@ class ApplyDeliveryBatches:
                 if isinstance(target, ReckonError):
                     done.results.append(target)
                     continue
-                facts = target.facts
-                context = facts.governance_context
+                context = target.governance_context
                 start_us, end_us = report.start_us, report.end_us
                 previous = periods.get((context, start_us, end_us), 0)
                 periods[(context, start_us, end_us)] = report.spend_micros
                 totals[context] = totals.get(context, 0) - previous + report.spend_micros
-                findings = tuple(self._findings_of(report, facts, totals[context]))
+                findings = tuple(target.findings(report, totals[context]))
                 outcome_id = next(new_ids)
                 period_rows.append(
                     (
@@ -434,9 +436,10 @@ class ApplyDeliveryBatches:
 
 @dataclass(frozen=True)
 class _Target:
-    """Where a report lands: its campaign, and what its outcome row copies from the plan."""
+    """The campaign a report lands in: its rules, and what its outcome rows copy."""
 
-    facts: CampaignFacts
+    governance_context: str
+    findings: ReportRules
     purchase_type: int
     plan_hash: str
 
@@ -448,7 +451,8 @@ class _Lookups:
     plan_rows: dict[tuple[str, str], Any]
     campaign_rows: dict[tuple[str, str, str], Any]
     plan_terms: dict[tuple[str, str], Any]
-    facts_of: dict[str, CampaignFacts] = field(default_factory=dict)
+    rules_of: RulesOf
+    by_context: dict[str, _Target] = field(default_factory=dict)
 
     def target(self, batch: StreamBatch, report: StreamReport) -> _Target | ReckonError:
         """The campaign a report is for, or why the report is refused."""
@@ -466,10 +470,10 @@ class _Lookups:
         if campaign is None:
             return _missing_campaign(report)
         context = campaign.governance_context
-        facts = self.facts_of.get(context)
-        if facts is None:
+        target = self.by_context.get(context)
+        if target is None:
             terms = self.plan_terms[(batch.org_id, report.plan_id)]
-            facts = self.facts_of[context] = CampaignFacts(
+            facts = CampaignFacts(
                 context,
                 report.plan_id,
                 terms.currency,
@@ -480,7 +484,10 @@ class _Lookups:
                 terms.flight_start,
                 terms.flight_end,
             )
-        return _Target(facts, campaign.purchase_type, plan_row.plan_hash)
+            target = self.by_context[context] = _Target(
+                context, self.rules_of(facts), campaign.purchase_type, plan_row.plan_hash
+            )
+        return target
 
 
 def _campaign_key(org_id: str, report: StreamReport) -> tuple[str, str, str]:
