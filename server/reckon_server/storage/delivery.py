@@ -277,16 +277,15 @@ class ApplyDeliveryBatches:
     def _apply_reports(
         self, conn: sa.Connection, batches: Sequence[StreamBatch]
     ) -> list[BatchApplied]:
-        wanted = sorted(
-            {
-                (b.org_id, r.plan_id)
-                for b in batches
-                for r in b.reports
-                if isinstance(r, StreamReport)
-            }
-        )
+        # The one pass over every report before the main loop: which campaigns they name.
+        named = {
+            (b.org_id, r.plan_id, r.media_buy_id, r.governance_context)
+            for b in batches
+            for r in b.reports
+            if isinstance(r, StreamReport)
+        }
         plan_rows: dict[tuple[str, str], Any] = {}
-        for org_id, plan_id in wanted:
+        for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
             row = (
                 conn.execute(
                     sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
@@ -296,7 +295,7 @@ class ApplyDeliveryBatches:
             ).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
-        campaign_rows = self._campaigns(conn, batches, plan_rows)
+        campaign_rows = self._campaigns(conn, named, plan_rows)
         lookups = _Lookups(
             plan_rows,
             campaign_rows,
@@ -312,19 +311,18 @@ class ApplyDeliveryBatches:
             # Periods this transaction may replace: each campaign's rows within the time
             # range its reports cover (usually few or none; new periods are not stored yet).
             starts = [r.start_us for b in batches for r in b.reports if isinstance(r, StreamReport)]
-            if starts:
-                for row in conn.execute(
-                    sa.select(
-                        delivery_periods.c.governance_context,
-                        delivery_periods.c.period_start,
-                        delivery_periods.c.period_end,
-                        delivery_periods.c.spend_micros,
-                    ).where(
-                        delivery_periods.c.governance_context.in_(contexts),
-                        delivery_periods.c.period_start.between(min(starts), max(starts)),
-                    )
-                ):
-                    periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
+            for row in conn.execute(
+                sa.select(
+                    delivery_periods.c.governance_context,
+                    delivery_periods.c.period_start,
+                    delivery_periods.c.period_end,
+                    delivery_periods.c.spend_micros,
+                ).where(
+                    delivery_periods.c.governance_context.in_(contexts),
+                    delivery_periods.c.period_start.between(min(starts), max(starts)),
+                )
+            ):
+                periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
 
         period_rows: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
@@ -398,20 +396,18 @@ class ApplyDeliveryBatches:
     def _campaigns(
         self,
         conn: sa.Connection,
-        batches: Sequence[StreamBatch],
+        named: set[tuple[str, str, str, str]],
         plan_rows: dict[tuple[str, str], Any],
     ) -> dict[tuple[str, str, str], Any]:
+        """The campaigns named by (org, plan, media buy, governance context) that exist."""
         by_media: dict[tuple[str, str], set[str]] = {}
         by_context: dict[tuple[str, str], set[str]] = {}
-        for batch in batches:
-            for r in batch.reports:
-                if isinstance(r, StreamReport) and (batch.org_id, r.plan_id) in plan_rows:
-                    if r.media_buy_id:
-                        by_media.setdefault((batch.org_id, r.plan_id), set()).add(r.media_buy_id)
-                    else:
-                        by_context.setdefault((batch.org_id, r.plan_id), set()).add(
-                            r.governance_context
-                        )
+        for org_id, plan_id, media_buy_id, context in named:
+            if (org_id, plan_id) in plan_rows:
+                if media_buy_id:
+                    by_media.setdefault((org_id, plan_id), set()).add(media_buy_id)
+                else:
+                    by_context.setdefault((org_id, plan_id), set()).add(context)
         found: dict[tuple[str, str, str], Any] = {}
         for (org_id, plan_id), names in by_media.items():
             for row in conn.execute(
