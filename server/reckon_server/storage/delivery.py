@@ -341,21 +341,22 @@ class ApplyDeliveryBatches:
                 target = targets.get(key)
                 if target is None:
                     target = targets[key] = lookups.target(batch, report)
+                    if not isinstance(target, ReckonError):
+                        done.touched_plans.add(report.plan_id)
                 if isinstance(target, ReckonError):
                     done.results.append(target)
                     continue
                 context = target.governance_context
-                start_us, end_us = report.start_us, report.end_us
-                previous = periods.get((context, start_us, end_us), 0)
-                periods[(context, start_us, end_us)] = report.spend_micros
-                totals[context] = totals.get(context, 0) - previous + report.spend_micros
-                findings = tuple(target.findings(report, totals[context]))
+                period = (context, report.start_us, report.end_us)
+                total = totals[context] = (
+                    totals.get(context, 0) - periods.get(period, 0) + report.spend_micros
+                )
+                periods[period] = report.spend_micros
+                findings = tuple(target.findings(report, total))
                 outcome_id = next(new_ids)
                 period_rows.append(
                     (
-                        context,
-                        start_us,
-                        end_us,
+                        *period,
                         batch.org_id,
                         report.plan_id,
                         report.spend_micros,
@@ -385,12 +386,12 @@ class ApplyDeliveryBatches:
                     )
                 )
                 done.results.append(Delivered(outcome_id, findings))
-                done.touched_plans.add(report.plan_id)
             applied.append(done)
         _UPSERT_PERIODS.executemany(conn, period_rows)
         _INSERT_OUTCOMES.executemany(conn, outcome_rows)
-        touched = {row[0] for row in period_rows}
-        _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in sorted(touched)])
+        # A campaign is looked up only for a report that is then applied to it.
+        touched = sorted(lookups.by_context)
+        _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in touched])
         return applied
 
     def _campaigns(
