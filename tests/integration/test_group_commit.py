@@ -1,6 +1,7 @@
 """Which writes share a group-commit transaction: concurrent ones do, a lone writer is not held
-back, and under concurrency the commit lingers so that later writes can join. On SQLite the
-next transaction is sent while one commits, and they still apply in order."""
+back, and under concurrency the commit lingers so that later writes can join. On SQLite a
+transaction of heavy items is sent while the previous one commits, and they still apply in
+order."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from reckon_server.storage.database import Database
@@ -17,6 +19,8 @@ from reckon_server.storage.group_commit import GroupCommitter
 
 class Together:
     """Answers each item with every item of its transaction."""
+
+    pipelined = False
 
     def apply(self, conn: sa.Connection, items: Sequence[str]) -> list[tuple[str, ...]]:
         conn.exec_driver_sql("SELECT 1")
@@ -53,6 +57,9 @@ async def test_under_concurrency_later_writes_join_the_next_transaction(
 class Append:
     """Adds each item to `notes`; answers each with the notes its transaction saw."""
 
+    def __init__(self, *, pipelined: bool) -> None:
+        self.pipelined = pipelined
+
     def apply(self, conn: sa.Connection, items: Sequence[str]) -> list[tuple[str, ...]]:
         seen = []
         for item in items:
@@ -61,15 +68,16 @@ class Append:
         return seen
 
 
-async def test_sqlite_sends_the_next_batch_while_one_commits_and_applies_them_in_order(
-    tmp_path: Path,
+@pytest.mark.parametrize("pipelined", [True, False], ids=["heavy", "light"])
+async def test_sqlite_sends_a_heavy_batch_while_one_commits_and_applies_them_in_order(
+    tmp_path: Path, pipelined: bool
 ) -> None:
     path = tmp_path / "pipelined.db"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE notes (value TEXT)")
     database = Database(f"sqlite+aiosqlite:///{path}")
     committer = GroupCommitter(database, linger_seconds=0)
-    op = Append()
+    op = Append(pipelined=pipelined)
 
     async def sent(count: int) -> None:
         while database._batches_in_flight < count:  # noqa: ASYNC110 - polls the database
@@ -81,7 +89,8 @@ async def test_sqlite_sends_the_next_batch_while_one_commits_and_applies_them_in
             first = asyncio.ensure_future(committer.submit(op, "a"))
             await asyncio.wait_for(sent(1), 30)
             second = asyncio.ensure_future(committer.submit(op, "b"))
-            await asyncio.wait_for(sent(2), 10)
+            if pipelined:
+                await asyncio.wait_for(sent(2), 10)
 
             async def write_directly() -> None:
                 async with database.write() as conn:
@@ -90,13 +99,18 @@ async def test_sqlite_sends_the_next_batch_while_one_commits_and_applies_them_in
             # The server's own connection waits until the batches already sent are done.
             direct = asyncio.ensure_future(write_directly())
             await asyncio.sleep(0.2)
+            # A light batch waits for the one in flight instead.
+            assert database._batches_in_flight == (2 if pipelined else 1)
             assert [first.done(), second.done(), direct.done()] == [False, False, False]
             blocker.execute("ROLLBACK")
+        # The direct write holds its turn from before the first batch ended: a light batch,
+        # not sent by then, comes after it.
+        order = "abc" if pipelined else "acb"
         assert await first == ("a",)
-        assert await second == ("a", "b")
+        assert await second == tuple(order[: order.index("b") + 1])
         await direct
     finally:
         await committer.close()
         await database.dispose()
     with sqlite3.connect(path) as db:
-        assert [v for (v,) in db.execute("SELECT value FROM notes ORDER BY rowid")] == list("abc")
+        assert [v for (v,) in db.execute("SELECT value FROM notes ORDER BY rowid")] == list(order)

@@ -383,6 +383,8 @@ class ReportOutcomes:
     row appended to the history, each with one executemany.
     """
 
+    pipelined = False
+
     def apply(
         self, conn: sa.Connection, items: Sequence[ReportItem]
     ) -> list[ReportResult | ReckonError]:

@@ -220,6 +220,8 @@ async def open_stream(
 class ApplyDeliveryBatches:
     """The group-commit op for StreamDelivery batches."""
 
+    pipelined = True
+
     def __init__(self, rules_of: RulesOf, terms_of: TermsOf) -> None:
         self._rules_of = rules_of
         self._terms_of = terms_of

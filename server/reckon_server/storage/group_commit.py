@@ -37,6 +37,13 @@ R_co = TypeVar("R_co", covariant=True)
 class BatchOp(Protocol[I_contra, R_co]):
     """Applies many items of one kind in the writer's transaction, in submission order."""
 
+    pipelined: bool
+    """Whether a transaction led by this op's items may be sent while the previous one still
+    commits. Worth it for heavy items (a batch of delivery reports), whose transactions keep
+    the writer busy: it then never idles between them. Light items (one unary write) are
+    better off waiting, to share the next transaction with everything that arrives meanwhile.
+    """
+
     def apply(
         self, conn: sa.Connection, items: Sequence[I_contra]
     ) -> Sequence[R_co | ReckonError]: ...
@@ -103,9 +110,10 @@ class GroupCommitter:
         concurrent = False
         depth = self._database.batch_pipeline_depth
         while True:
-            while len(self._sent) >= depth:
-                await asyncio.wait(self._sent, return_when=asyncio.FIRST_COMPLETED)
             batch = [await self._queue.get()]
+            in_flight = depth if batch[0].op.pipelined else 1
+            while len(self._sent) >= in_flight:
+                await asyncio.wait(self._sent, return_when=asyncio.FIRST_COMPLETED)
             # While writes arrive concurrently, a short wait lets more of them share the
             # transaction: each then costs the loop and the database less, which under load
             # is worth more than the wait. A lone writer (last batch of one) does not wait.
