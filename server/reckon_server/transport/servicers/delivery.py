@@ -349,11 +349,12 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
         if isinstance(result, ReckonError):
             add_result().error.CopyFrom(rich_status(result))
             continue
+        outcome_id, findings = result
         accepted = add_result().accepted
-        accepted.outcome_id = result.outcome_id
-        if result.findings:
+        accepted.outcome_id = outcome_id
+        if findings:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
-            accepted.findings.extend(encode_finding(f) for f in result.findings)
+            accepted.findings.extend(encode_finding(f) for f in findings)
         else:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED
     return ack
