@@ -6,9 +6,9 @@ caller. An op returns a result or a ReckonError per item (expected refusals, dec
 anything is written); if the transaction itself fails, every item of the batch gets that
 failure and none of their rows remain. Ops are synchronous code run by
 `Database.send_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
-items and results travel pickled to the writer process and back, and the next batch is sent
-while the writer commits the previous one (transactions still apply one after another, in
-the order they were sent).
+items and results travel pickled to the writer process and back, and a batch of heavy items
+(`BatchOp.pipelined`) is sent while the writer still commits the previous one (transactions
+still apply one after another, in the order they were sent).
 """
 
 from __future__ import annotations
