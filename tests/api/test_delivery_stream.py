@@ -13,7 +13,7 @@ from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
-from tests.support.governance import M
+from tests.support.governance import M, seed_payload, seed_seller_response
 
 PLAN = "streamed"
 
@@ -66,6 +66,26 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     resumed = RawStream(api, buyer.key, "producer-1")
     assert (await resumed.opened()).next_seq == 3
     resumed.close()
+
+
+async def test_reports_may_name_their_campaign_by_governance_context(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "by-context", PLAN, {})
+    check = await buyer.check(PLAN, seed_payload(150_000))
+    await buyer.complete(PLAN, check, seed_seller_response(150_000, media_buy_id="mb_1"))
+    stream = RawStream(api, buyer.key, "by-context-1")
+    await stream.opened()
+    by_context = report(PLAN, "", 15, 1_000 * M)
+    by_context.governance_context = check.governance_context
+    unknown = report(PLAN, "", 16, M)
+    unknown.governance_context = "gc_unknown"
+    stream.send(1, [by_context, unknown, report(PLAN, "mb_1", 16, 500 * M)])
+    ack = await stream.ack()
+    assert [r.WhichOneof("result") for r in ack.results] == ["accepted", "error", "accepted"]
+    assert ack.results[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "CAMPAIGN_NOT_FOUND" in str(ack.results[1].error.details[0].value)
+    # Both names reach the one campaign.
+    assert (await buyer.state(PLAN)).spend_micros == 1_500 * M
+    stream.close()
 
 
 async def test_a_newer_connection_fences_the_older_one(api: RunningServer) -> None:

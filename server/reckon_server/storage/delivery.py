@@ -113,6 +113,48 @@ Delivered = tuple[str, tuple[Finding, ...]]
 """A stored report: its outcome id and findings. A plain tuple: a batch returns hundreds,
 and a named tuple costs several times as much to build and to pickle."""
 
+# Reads and cursor writes of every transaction, built once: building a statement costs more
+# Python than running a compiled one.
+_LOCK_CURSOR = (
+    sa.select(delivery_streams.c.generation, delivery_streams.c.next_seq)
+    .where(
+        delivery_streams.c.org_id == sa.bindparam("org"),
+        delivery_streams.c.stream_id == sa.bindparam("stream"),
+    )
+    .with_for_update()
+)
+_ADVANCE_CURSOR = (
+    sa.update(delivery_streams)
+    .where(
+        delivery_streams.c.org_id == sa.bindparam("org"),
+        delivery_streams.c.stream_id == sa.bindparam("stream"),
+        delivery_streams.c.generation == sa.bindparam("held_generation"),
+    )
+    .values(next_seq=sa.bindparam("advanced_to"), updated_at=sa.bindparam("now"))
+)
+_LOCK_PLAN = (
+    sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
+    .where(plans.c.org_id == sa.bindparam("org"), plans.c.plan_id == sa.bindparam("plan"))
+    .with_for_update()
+)
+_STORED_PERIODS = sa.select(
+    delivery_periods.c.governance_context,
+    delivery_periods.c.period_start,
+    delivery_periods.c.period_end,
+    delivery_periods.c.spend_micros,
+).where(
+    delivery_periods.c.governance_context.in_(sa.bindparam("contexts", expanding=True)),
+    delivery_periods.c.period_start.between(sa.bindparam("first"), sa.bindparam("last")),
+)
+_CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
+    sa.select(campaigns).where(
+        campaigns.c.org_id == sa.bindparam("org"),
+        campaigns.c.plan_id == sa.bindparam("plan"),
+        name.in_(sa.bindparam("names", expanding=True)),
+    )
+    for name in (campaigns.c.media_buy_id, campaigns.c.governance_context)
+)
+
 
 @dataclass(frozen=True)
 class StreamBatch:
@@ -244,13 +286,14 @@ class ApplyDeliveryBatches:
             results[index] = outcome
         for (org_id, stream_id), (generation, next_seq) in cursors.items():
             conn.execute(
-                sa.update(delivery_streams)
-                .where(
-                    delivery_streams.c.org_id == org_id,
-                    delivery_streams.c.stream_id == stream_id,
-                    delivery_streams.c.generation == generation,
-                )
-                .values(next_seq=next_seq, updated_at=batches[0].now)
+                _ADVANCE_CURSOR,
+                {
+                    "org": org_id,
+                    "stream": stream_id,
+                    "held_generation": generation,
+                    "advanced_to": next_seq,
+                    "now": batches[0].now,
+                },
             )
         return [r for r in results if r is not None]
 
@@ -260,16 +303,7 @@ class ApplyDeliveryBatches:
         keys = sorted({(b.org_id, b.stream_id) for b in batches})
         cursors: dict[tuple[str, str], list[int]] = {}
         for org_id, stream_id in keys:
-            row = (
-                conn.execute(
-                    sa.select(delivery_streams.c.generation, delivery_streams.c.next_seq)
-                    .where(
-                        delivery_streams.c.org_id == org_id,
-                        delivery_streams.c.stream_id == stream_id,
-                    )
-                    .with_for_update()
-                )
-            ).first()
+            row = conn.execute(_LOCK_CURSOR, {"org": org_id, "stream": stream_id}).first()
             if row is not None:
                 cursors[(org_id, stream_id)] = [int(row.generation), int(row.next_seq)]
         return cursors
@@ -286,13 +320,7 @@ class ApplyDeliveryBatches:
         }
         plan_rows: dict[tuple[str, str], Any] = {}
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
-            row = (
-                conn.execute(
-                    sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
-                    .where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
-                    .with_for_update()
-                )
-            ).first()
+            row = conn.execute(_LOCK_PLAN, {"org": org_id, "plan": plan_id}).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
         campaign_rows = self._campaigns(conn, named, plan_rows)
@@ -312,15 +340,8 @@ class ApplyDeliveryBatches:
             # range its reports cover (usually few or none; new periods are not stored yet).
             starts = [r.start_us for b in batches for r in b.reports if isinstance(r, StreamReport)]
             for row in conn.execute(
-                sa.select(
-                    delivery_periods.c.governance_context,
-                    delivery_periods.c.period_start,
-                    delivery_periods.c.period_end,
-                    delivery_periods.c.spend_micros,
-                ).where(
-                    delivery_periods.c.governance_context.in_(contexts),
-                    delivery_periods.c.period_start.between(min(starts), max(starts)),
-                )
+                _STORED_PERIODS,
+                {"contexts": contexts, "first": min(starts), "last": max(starts)},
             ):
                 periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
 
@@ -412,20 +433,12 @@ class ApplyDeliveryBatches:
         found: dict[tuple[str, str, str], Any] = {}
         for (org_id, plan_id), names in by_media.items():
             for row in conn.execute(
-                sa.select(campaigns).where(
-                    campaigns.c.org_id == org_id,
-                    campaigns.c.plan_id == plan_id,
-                    campaigns.c.media_buy_id.in_(sorted(names)),
-                )
+                _CAMPAIGNS_BY_MEDIA_BUY, {"org": org_id, "plan": plan_id, "names": sorted(names)}
             ):
                 found[(org_id, plan_id, "m:" + row.media_buy_id)] = row
         for (org_id, plan_id), names in by_context.items():
             for row in conn.execute(
-                sa.select(campaigns).where(
-                    campaigns.c.org_id == org_id,
-                    campaigns.c.plan_id == plan_id,
-                    campaigns.c.governance_context.in_(sorted(names)),
-                )
+                _CAMPAIGNS_BY_CONTEXT, {"org": org_id, "plan": plan_id, "names": sorted(names)}
             ):
                 found[(org_id, plan_id, "g:" + row.governance_context)] = row
         return found
