@@ -57,7 +57,7 @@ async def test_last_write_wins_with_gapless_history(
         if start >= len(items):
             break
         chunk = items[start : start + size]
-        results = await database.write_batch(functools.partial(op.apply, items=chunk))
+        results = await (await database.send_batch(functools.partial(op.apply, items=chunk)))
         assert all(isinstance(r, store.ReportResult) for r in results)
         start += size
 

@@ -43,18 +43,18 @@ def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
         db.execute("CREATE TABLE notes (value TEXT)")
     writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
     try:
-        assert writer.run(Insert("kept")) == "kept"
+        assert writer.submit(Insert("kept")).result() == "kept"
         with pytest.raises((pickle.PicklingError, AttributeError)):
-            writer.run(Insert("rolled back", reply_unsendable=True))
+            writer.submit(Insert("rolled back", reply_unsendable=True)).result()
         with pytest.raises(ReckonError) as refused:
-            writer.run(Refuse())
+            writer.submit(Refuse()).result()
         assert refused.value.reason is Reason.CAMPAIGN_SUSPENDED
         assert refused.value.metadata == {"plan_id": "p"}
         assert refused.value.retry_after_seconds == 2
 
         # A writer that dies between transactions loses nothing: the next one gets a new one.
         kill(writer)
-        assert writer.run(Insert("after an idle death")) == "after an idle death"
+        assert writer.submit(Insert("after an idle death")).result() == "after an idle death"
 
         # One that dies holding transactions fails exactly those, pipelined ones included.
         with sqlite3.connect(path, isolation_level=None) as blocker:
@@ -67,7 +67,7 @@ def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
                 with pytest.raises(ConnectionResetError):
                     lost.result(10)
             blocker.execute("ROLLBACK")
-        assert writer.run(Insert("after")) == "after"
+        assert writer.submit(Insert("after")).result() == "after"
     finally:
         writer.close()
     with sqlite3.connect(path) as db:

@@ -261,26 +261,3 @@ class DeliveryRules:
             return False
         expected = self._weekly * elapsed_days / _WEEK
         return abs((cumulative / expected - 1) * 100) >= self._threshold - 1
-
-
-def delivery_findings(
-    figures: PeriodFigures,
-    *,
-    committed_micros: int,
-    settled: bool,
-    flight_start: datetime,
-    flight_end: datetime,
-    currency: str,
-    cumulative_micros: int,
-    threshold_pct: int = DEFAULT_THRESHOLD_PCT,
-) -> list[Finding]:
-    """Every finding of one delivery report: pacing, overspend and CPM consistency."""
-    rules = DeliveryRules(
-        committed_micros=committed_micros,
-        settled=settled,
-        flight_start=flight_start,
-        flight_end=flight_end,
-        currency=currency,
-        threshold_pct=threshold_pct,
-    )
-    return rules.findings(figures, cumulative_micros)

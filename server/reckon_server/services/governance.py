@@ -20,7 +20,7 @@ from reckon_server.domain.governance import (
     advisory_conditions,
     evaluate,
 )
-from reckon_server.domain.pacing import DeliveryFigures, delivery_findings
+from reckon_server.domain.pacing import DeliveryFigures, DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.domain.reconciliation import over_commitment, seller_verification
 from reckon_server.errors import (
@@ -662,16 +662,15 @@ class GovernanceLedger:
         figures: DeliveryFigures,
         cumulative_micros: int,
     ) -> list[Finding]:
-        return delivery_findings(
-            figures,
+        rules = DeliveryRules(
             committed_micros=target.committed_micros,
             settled=target.settled,
             flight_start=target.flight_start or terms.flight_start,
             flight_end=target.flight_end or terms.flight_end,
             currency=terms.currency,
-            cumulative_micros=cumulative_micros,
             threshold_pct=self._pacing_threshold,
         )
+        return rules.findings(figures, cumulative_micros)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ turns on an in-process lock: writers queue instead of failing with SQLITE_BUSY o
 read-to-write upgrade or polling the file lock, and readers use a separate pool under WAL.
 PostgreSQL uses one pooled engine for both; its invariants rest on constraints and row locks.
 
-Group-commit batches run as plain synchronous code (`write_batch`, `send_batch`). On SQLite
+Group-commit batches run as plain synchronous code (`send_batch`). On SQLite
 the whole transaction runs in a writer process (`sqlite_writer`), which may have the next
 batch waiting while it commits one; on PostgreSQL the same code runs through the async driver
 with `run_sync`.
@@ -68,15 +68,11 @@ class Database:
         go one at a time, as concurrent transactions would take their row locks in any order."""
         return 1 if self._sqlite_turn is None else 2
 
-    async def write_batch(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run `work` in one write transaction that commits if it returns and rolls back if
-        it raises. On SQLite it runs in the writer process: `work`, its result and its
-        exceptions must pickle."""
-        return await (await self.send_batch(work))
-
     async def send_batch(self, work: Callable[[sa.Connection], T]) -> Awaitable[T]:
-        """Put `work`'s transaction in line behind every batch sent before it (as
-        `write_batch`); returns what awaits its result."""
+        """Put `work` in line behind every batch sent before it, to run in one write
+        transaction that commits if it returns and rolls back if it raises; returns what
+        awaits its result. On SQLite it runs in the writer process: `work`, its result and
+        its exceptions must pickle."""
         if self._sqlite_turn is None:
             return self._run_batch(work)
         async with self._sqlite_turn:
@@ -100,7 +96,7 @@ class Database:
             self._no_batches.set()
 
     def start_batch_writer(self) -> None:
-        """Start what `write_batch` needs ahead of the first batch (SQLite's writer process)."""
+        """Start what `send_batch` needs ahead of the first batch (SQLite's writer process)."""
         if self._sqlite_turn is not None:
             self._batch_writer.start()
 

@@ -172,8 +172,6 @@ class StreamBatch:
 class CampaignFacts:
     """What the findings of a report need to know about its campaign and plan."""
 
-    governance_context: str
-    plan_id: str
     currency: str
     committed_micros: int
     settled: bool
@@ -484,8 +482,6 @@ class _Lookups:
         if target is None:
             terms = self.plan_terms[(batch.org_id, report.plan_id)]
             facts = CampaignFacts(
-                context,
-                report.plan_id,
                 terms.currency,
                 campaign.committed_micros,
                 campaign.settled,

@@ -70,9 +70,6 @@ class SqliteWriter:
         self._sender.submit(self._send, work, result)
         return result
 
-    def run(self, work: Work[T]) -> T:
-        return self.submit(work).result()
-
     def start(self) -> None:
         """Start the child now (it imports for a second or so) rather than on the first batch."""
         with self._lock:
