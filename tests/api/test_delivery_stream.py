@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
@@ -66,6 +67,33 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     resumed = RawStream(api, buyer.key, "producer-1")
     assert (await resumed.opened()).next_seq == 3
     resumed.close()
+
+
+async def test_a_streamed_report_gets_the_seed_pacing_finding_in_full(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "seed-pacing", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "seed-pacing-1")
+    await stream.opened()
+    # 18,750 in the first week of a 150,000, 13-week flight: the seed's pacing anomaly.
+    first_week = report(PLAN, "mb_1", 15, 18_750 * M, 1_250_000, cpm_micros=15 * M)
+    first_week.delivery.reporting_period.end.FromJsonString("2026-03-22T00:00:00Z")
+    stream.send(1, [first_week])
+    [result] = (await stream.ack()).results
+    assert result.accepted.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
+    [finding] = result.accepted.findings
+    assert (finding.category_id, finding.severity) == (
+        "budget_authority",
+        types_pb2.SEVERITY_WARNING,
+    )
+    assert finding.explanation == (
+        "Spend is pacing 62% above plan. At current rate, budget will be exhausted 5 weeks early."
+    )
+    assert json_format.MessageToDict(finding.details) == {
+        "planned_weekly_spend": 11538,
+        "actual_weekly_spend": 18750,
+        "overpace_pct": 62,
+        "projected_exhaustion": "2026-05-10T00:00:00Z",
+    }
+    stream.close()
 
 
 async def test_reports_may_name_their_campaign_by_governance_context(api: RunningServer) -> None:

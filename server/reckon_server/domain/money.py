@@ -31,6 +31,10 @@ def units_to_micros(value: Any) -> int | None:
 
 def micros_to_units(micros: int | Fraction) -> int | float:
     """Currency units for finding details: an int when whole, else a float."""
+    if isinstance(micros, int):
+        # int / int is correctly rounded, as float(Fraction) is, and far cheaper.
+        whole, rest = divmod(micros, MICROS)
+        return micros / MICROS if rest else whole
     units = Fraction(micros) / MICROS
     return int(units) if units.denominator == 1 else float(units)
 

@@ -39,20 +39,24 @@ class DeliveryFigures:
     """Given by delivery-phase checks; otherwise summed from stored periods."""
 
     @property
+    def start_us(self) -> int:
+        return _epoch_us(self.period_start)
+
+    @property
     def end_us(self) -> int:
-        return _us(self.period_end - _EPOCH)
+        return _epoch_us(self.period_end)
 
 
 class PeriodFigures(Protocol):
     """What the findings of a delivery report read from it."""
 
     @property
-    def period_start(self) -> datetime: ...
-    @property
-    def period_end(self) -> datetime: ...
+    def start_us(self) -> int:
+        """The period's start in microseconds since the epoch."""
+
     @property
     def end_us(self) -> int:
-        """period_end in microseconds since the epoch."""
+        """The period's end in microseconds since the epoch."""
 
     @property
     def spend_micros(self) -> int: ...
@@ -78,7 +82,9 @@ _HORIZON_US = 100 * 366 * _DAY * 1_000_000
 _MICROS = 1_000_000
 
 
-def _us(delta: timedelta) -> int:
+def _epoch_us(moment: datetime) -> int:
+    """An aware datetime in microseconds since the epoch."""
+    delta = moment - _EPOCH
     return (delta.days * _DAY + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -105,9 +111,31 @@ def pacing(
     """Linear pacing in exact integer arithmetic (micros, microseconds); None when it is
     undefined (nothing committed, an empty flight or period, or a period that ends before the
     flight starts)."""
-    flight_us = _us(flight_end - flight_start)
-    period_us = _us(period_end - period_start)
-    elapsed_us = _us(period_end - flight_start)
+    return _pacing(
+        committed_micros=committed_micros,
+        flight_start_us=_epoch_us(flight_start),
+        flight_end_us=_epoch_us(flight_end),
+        period_start_us=_epoch_us(period_start),
+        period_end_us=_epoch_us(period_end),
+        period_spend_micros=period_spend_micros,
+        cumulative_spend_micros=cumulative_spend_micros,
+    )
+
+
+def _pacing(
+    *,
+    committed_micros: int,
+    flight_start_us: int,
+    flight_end_us: int,
+    period_start_us: int,
+    period_end_us: int,
+    period_spend_micros: int,
+    cumulative_spend_micros: int,
+) -> Pacing | None:
+    """`pacing` with every time in microseconds since the epoch."""
+    flight_us = flight_end_us - flight_start_us
+    period_us = period_end_us - period_start_us
+    elapsed_us = period_end_us - flight_start_us
     if committed_micros <= 0 or flight_us <= 0 or period_us <= 0 or elapsed_us <= 0:
         return None
     weeks = max(1, _half_up(flight_us, _WEEK_US))
@@ -122,8 +150,9 @@ def pacing(
     )
     # Spend so slow that the budget lasts past any horizon has no exhaustion date.
     if 0 < exhaust_after_us <= _HORIZON_US:
-        exhaustion = flight_start + timedelta(microseconds=exhaust_after_us)
-        weeks_early = _half_up(_us(flight_end - exhaustion), _WEEK_US)
+        exhaustion_us = flight_start_us + exhaust_after_us
+        exhaustion = _EPOCH + timedelta(microseconds=exhaustion_us)
+        weeks_early = _half_up(flight_end_us - exhaustion_us, _WEEK_US)
     return Pacing(
         planned_weekly_units=_half_up(committed_micros, weeks * _MICROS),
         actual_weekly_units=_half_up(period_spend_micros * _WEEK_US, period_us * _MICROS),
@@ -196,7 +225,8 @@ def cpm_finding(spend_micros: int, impressions: int, cpm_micros: int | None) -> 
 
 
 def _iso_day(moment: datetime) -> str:
-    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A UTC time to the second, as in "2026-05-10T00:00:00Z"."""
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 class DeliveryRules:
@@ -216,11 +246,10 @@ class DeliveryRules:
     ) -> None:
         self._committed = committed_micros
         self._settled = settled
-        self._flight_start = flight_start
-        self._flight_end = flight_end
         self._currency = currency
         self._threshold = threshold_pct
-        self._flight_start_us = _us(flight_start - _EPOCH)
+        self._flight_start_us = _epoch_us(flight_start)
+        self._flight_end_us = _epoch_us(flight_end)
         flight_days = (flight_end - flight_start).total_seconds() / _DAY
         self._weekly: float | None = None
         """Planned spend per week, for the quick pacing estimate; None when undefined."""
@@ -231,12 +260,12 @@ class DeliveryRules:
         """Every finding of one report, given the campaign's cumulative spend after it."""
         findings: list[Finding] = []
         if self._may_be_off_pace(figures.end_us, cumulative_micros):
-            paced = pacing(
+            paced = _pacing(
                 committed_micros=self._committed,
-                flight_start=self._flight_start,
-                flight_end=self._flight_end,
-                period_start=figures.period_start,
-                period_end=figures.period_end,
+                flight_start_us=self._flight_start_us,
+                flight_end_us=self._flight_end_us,
+                period_start_us=figures.start_us,
+                period_end_us=figures.end_us,
                 period_spend_micros=figures.spend_micros,
                 cumulative_spend_micros=cumulative_micros,
             )

@@ -11,7 +11,7 @@ from typing import Any
 
 from reckon_server.clock import utcnow
 from reckon_server.domain.actions import Action, Package
-from reckon_server.domain.findings import Finding, Severity, has_critical
+from reckon_server.domain.findings import Finding, has_critical
 from reckon_server.domain.governance import (
     Decision,
     Headroom,
@@ -816,15 +816,6 @@ def _finding_document(finding: Finding) -> dict[str, Any]:
         "explanation": finding.explanation,
         "details": finding.details,
     }
-
-
-def finding_from_document(document: Mapping[str, Any]) -> Finding:
-    return Finding(
-        document["category_id"],
-        Severity(document["severity"]),
-        document["explanation"],
-        dict(document.get("details") or {}),
-    )
 
 
 def _verdict_document(verdict: Verdict) -> dict[str, Any]:

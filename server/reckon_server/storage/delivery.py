@@ -30,7 +30,7 @@ from reckon_server.storage.schema import (
     plans,
 )
 from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
-from reckon_server.storage.types import epoch_micros, from_epoch_micros
+from reckon_server.storage.types import epoch_micros
 
 ACTIVE = 1
 _PERIOD_COLUMNS = (
@@ -100,18 +100,12 @@ class StreamReport(NamedTuple):
     viewability_rate: float | None
     completion_rate: float | None
 
-    @property
-    def period_start(self) -> datetime:
-        return from_epoch_micros(self.start_us)
 
-    @property
-    def period_end(self) -> datetime:
-        return from_epoch_micros(self.end_us)
-
-
-Delivered = tuple[str, tuple[Finding, ...]]
-"""A stored report: its outcome id and findings. A plain tuple: a batch returns hundreds,
-and a named tuple costs several times as much to build and to pickle."""
+Delivered = tuple[str, str | None]
+"""A stored report: its outcome id, and its findings as stored in the outcome's response
+document (None when it has none). Results cross back from the writer process pickled: text
+already made for the row costs nothing more, where finding objects cost more to pickle than
+to compute."""
 
 # Reads and cursor writes of every transaction, built once: building a statement costs more
 # Python than running a compiled one.
@@ -371,7 +365,8 @@ class ApplyDeliveryBatches:
                     totals.get(context, 0) - periods.get(period, 0) + report.spend_micros
                 )
                 periods[period] = report.spend_micros
-                findings = tuple(target.findings(report, total))
+                findings = target.findings(report, total)
+                document = _findings_json(findings) if findings else None
                 outcome_id = next(new_ids)
                 period_rows.append(
                     (
@@ -399,12 +394,12 @@ class ApplyDeliveryBatches:
                         2 if findings else 1,
                         None,
                         len(findings),
-                        _findings_json(findings),
+                        document or _NO_FINDINGS,
                         target.plan_hash,
                         now_us,
                     )
                 )
-                done.results.append((outcome_id, findings))
+                done.results.append((outcome_id, document))
             applied.append(done)
         _UPSERT_PERIODS.executemany(conn, period_rows)
         _INSERT_OUTCOMES.executemany(conn, outcome_rows)
@@ -519,8 +514,6 @@ _NO_FINDINGS = canonical_json({"findings": []})
 
 
 def _findings_json(findings: Sequence[Finding]) -> str:
-    if not findings:
-        return _NO_FINDINGS
     return canonical_json(
         {
             "findings": [

@@ -8,10 +8,10 @@ from typing import Any
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
 from reckon_server.domain.governance import Decision
-from reckon_server.services.governance import CheckType, PlanView, finding_from_document
+from reckon_server.services.governance import CheckType, PlanView
 from reckon_server.storage.governance import StoredCheck
 from reckon_server.transport.codec import to_timestamp
-from reckon_server.transport.governance_codec import encode_finding
+from reckon_server.transport.governance_codec import encode_stored_finding
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,7 @@ def _entries(plan_id: str, checks: list[StoredCheck], outcomes: list[Any]) -> li
                     mode=pb.GOVERNANCE_MODE_ENFORCE,
                     explanation=c.response.get("explanation", ""),
                     categories_evaluated=c.response.get("categories_evaluated", []),
-                    findings=[
-                        encode_finding(finding_from_document(f))
-                        for f in c.response.get("findings", [])
-                    ],
+                    findings=[encode_stored_finding(f) for f in c.response.get("findings", [])],
                     governance_context=c.governance_context,
                     plan_hash=c.plan_hash,
                     purchase_type=c.purchase_type,  # type: ignore[arg-type]
@@ -143,10 +140,7 @@ def _entries(plan_id: str, checks: list[StoredCheck], outcomes: list[Any]) -> li
                     plan_id=plan_id,
                     outcome=o.outcome,
                     committed_budget_micros=o.committed_micros,
-                    findings=[
-                        encode_finding(finding_from_document(f))
-                        for f in o.response.get("findings", [])
-                    ],
+                    findings=[encode_stored_finding(f) for f in o.response.get("findings", [])],
                     governance_context=o.governance_context,
                     plan_hash=o.plan_hash,
                     purchase_type=o.purchase_type,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -18,7 +19,6 @@ from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
 from reckon_server.services.delivery import DeliveryLedger
-from reckon_server.services.governance import finding_from_document
 from reckon_server.storage.delivery import (
     BatchApplied,
     StreamBatch,
@@ -33,8 +33,8 @@ from reckon_server.transport.governance_codec import (
     MAX_SECONDS,
     MIN_SECONDS,
     delivery_figures,
-    encode_finding,
     encode_plan_state,
+    encode_stored_finding,
     terms_from_document,
 )
 from reckon_server.transport.status import rich_status
@@ -255,9 +255,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                         }[change.kind],
                         plan_id=request.plan_id,
                         occurred_at=to_timestamp(change.created_at),
-                        findings=[
-                            encode_finding(finding_from_document(f)) for f in change.findings
-                        ],
+                        findings=[encode_stored_finding(f) for f in change.findings],
                         check_id=change.row_id if change.kind == "check" else "",
                         outcome_id=change.row_id if change.kind != "check" else "",
                     )
@@ -354,7 +352,9 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
         accepted.outcome_id = outcome_id
         if findings:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
-            accepted.findings.extend(encode_finding(f) for f in findings)
+            add_finding = accepted.findings.add
+            for finding in json.loads(findings)["findings"]:
+                encode_stored_finding(finding, add_finding())
         else:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED
     return ack
