@@ -4,8 +4,9 @@
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound),
-(c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL. Batches of 500 from a client
-in a separate process. `--soak N` streams N reports to SQLite and prints the server's RSS
+(c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
+with every report off pace, so that each carries a finding. Batches of 500 from a client in a
+separate process. `--soak N` streams N reports to SQLite and prints the server's RSS
 as it goes.
 """
 
@@ -24,6 +25,7 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
 from reckon.v1 import governance_service_pb2 as pb
+from tests.perf.delivery_client import ON_PLAN_SPEND
 from tests.support.api import Stubs, new_secret
 from tests.support.governance import plan, seed_payload, seed_seller_response, struct
 from tests.support.postgres import start_postgres
@@ -74,7 +76,12 @@ async def prepare(server: ServerProcess, admin: str) -> str:
 
 
 async def client(
-    target: str, key: str, stream_id: str, reports: int, first: int = 0
+    target: str,
+    key: str,
+    stream_id: str,
+    reports: int,
+    first: int = 0,
+    spend_micros: int = ON_PLAN_SPEND,
 ) -> dict[str, float]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -88,6 +95,7 @@ async def client(
         str(reports),
         str(BATCH),
         str(first),
+        str(spend_micros),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
@@ -141,14 +149,16 @@ def sqlite_bound(path: Path, reports: int) -> float:
     return reports / elapsed
 
 
-async def reckon_run(url: str, reports: int) -> tuple[dict[str, float], float]:
+async def reckon_run(
+    url: str, reports: int, spend_micros: int = ON_PLAN_SPEND
+) -> tuple[dict[str, float], float]:
     """The load generator's figures, with the server's CPU use added, and the peak RSS."""
     admin = new_secret()
     server = await start_reckon(url, admin)
     try:
         key = await prepare(server, admin)
         before = server.cpu_seconds()
-        result = await client(server.target, key, "bench-stream", reports)
+        result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
         after = server.cpu_seconds()
         result["server_cores"] = (after[0] - before[0]) / result["seconds"]
         result["writer_cores"] = (after[1] - before[1]) / result["seconds"]
@@ -186,6 +196,10 @@ async def main(reports: int) -> None:
             await noop.stop()
         storage = sqlite_bound(Path(tmp) / "bound.db", reports)
         sqlite, sqlite_rss = await reckon_run(f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", reports)
+        # Twice the planned rate: 100 % over pace, a budget_authority warning on every report.
+        off_pace, off_pace_rss = await reckon_run(
+            f"sqlite+aiosqlite:///{Path(tmp) / 'e.db'}", reports, 2 * ON_PLAN_SPEND
+        )
     postgres = start_postgres(private=True)
     try:
         pg, pg_rss = await reckon_run(await postgres.create_database(), reports)
@@ -204,6 +218,7 @@ async def main(reports: int) -> None:
     for name, result, rss in (
         ("(c) StreamDelivery on SQLite", sqlite, sqlite_rss),
         ("(d) StreamDelivery on PostgreSQL", pg, pg_rss),
+        ("(e) (c) with a finding per report", off_pace, off_pace_rss),
     ):
         print(
             f"{name:<37} {rate(result):>10,.0f} reports/s   ack p50 {result['p50_ms']:7.1f} ms"

@@ -1,11 +1,13 @@
 """Load generator for the delivery benchmark, run as its own process:
 
-    python -m tests.perf.delivery_client TARGET KEY STREAM PLAN MEDIA_BUYS REPORTS BATCH [FIRST]
+    python -m tests.perf.delivery_client TARGET KEY STREAM PLAN MEDIA_BUYS REPORTS BATCH \
+        [FIRST] [SPEND_MICROS]
 
 Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so every row is
 distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH
-per batch, keeping a window of 8 un-acked batches. Prints one JSON line: reports
-acknowledged, seconds, ack latency p50/p99.
+per batch, keeping a window of 8 un-acked batches. Each report spends SPEND_MICROS in its
+minute, by default ON_PLAN_SPEND. Prints one JSON line: reports acknowledged, seconds, ack
+latency p50/p99.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ from reckon.v1 import delivery_service_pb2_grpc, types_pb2
 
 WINDOW = 8
 START = datetime(2026, 3, 15, tzinfo=UTC)
+ON_PLAN_SPEND = 7_631_000
+"""1,000,000 committed over 13 planned weeks is 7.631 a minute."""
 
 
 def batches(
-    plan_id: str, media_buys: int, reports: int, size: int, offset: int = 0
+    plan_id: str,
+    media_buys: int,
+    reports: int,
+    size: int,
+    offset: int = 0,
+    spend_micros: int = ON_PLAN_SPEND,
 ) -> list[pb.DeliveryBatch]:
     out = []
     for seq, first in enumerate(range(offset, offset + reports, size), 1):
@@ -43,10 +52,9 @@ def batches(
                     delivery=types_pb2.DeliveryReport(
                         media_buy_id=f"mb_{n % media_buys}",
                         reporting_period=types_pb2.ReportingPeriod(start=begin, end=end),
-                        # On plan: 1,000,000 committed over 13 planned weeks is 7.631 a minute.
-                        spend_micros=7_631_000,
+                        spend_micros=spend_micros,
                         impressions=100,
-                        cpm_micros=76_310_000,
+                        cpm_micros=spend_micros * 10,
                     ),
                 )
             )
@@ -63,8 +71,9 @@ async def main(
     reports: int,
     size: int,
     offset: int,
+    spend_micros: int,
 ) -> None:
-    work = batches(plan_id, media_buys, reports, size, offset)
+    work = batches(plan_id, media_buys, reports, size, offset, spend_micros)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     window = asyncio.Semaphore(WINDOW)
@@ -108,6 +117,9 @@ async def main(
 if __name__ == "__main__":
     target, key, stream_id, plan_id, media_buys, reports, size = sys.argv[1:8]
     offset = int(sys.argv[8]) if len(sys.argv) > 8 else 0
+    spend = int(sys.argv[9]) if len(sys.argv) > 9 else ON_PLAN_SPEND
     asyncio.run(
-        main(target, key, stream_id, plan_id, int(media_buys), int(reports), int(size), offset)
+        main(
+            target, key, stream_id, plan_id, int(media_buys), int(reports), int(size), offset, spend
+        )
     )
