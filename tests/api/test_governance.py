@@ -582,6 +582,9 @@ async def test_audit_logs_summarise_and_list_entries(buyer: Buyer) -> None:
         pb.AUDIT_ENTRY_TYPE_CHECK,
     ]
     assert log.entries[1].committed_budget_micros == 200_000 * M
+    # Stored findings come back exactly as the check returned them.
+    assert check.findings
+    assert list(log.entries[2].findings) == list(check.findings)
     assert all(e.plan_hash for e in log.entries)
     assert [a.seller_reference for a in log.governed_actions if a.committed_micros] == ["mb_a"]
     assert [(c.channel, c.committed_micros) for c in log.channel_allocation] == [

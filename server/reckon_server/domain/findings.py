@@ -27,6 +27,15 @@ class Finding:
     explanation: str
     details: dict[str, Any] = field(default_factory=dict)
 
+    def document(self) -> dict[str, Any]:
+        """The finding as stored in a response document (and read back by the API)."""
+        return {
+            "category_id": self.category_id,
+            "severity": int(self.severity),
+            "explanation": self.explanation,
+            "details": self.details,
+        }
+
 
 def has_critical(findings: Sequence[Finding]) -> bool:
     return any(f.severity is Severity.CRITICAL for f in findings)

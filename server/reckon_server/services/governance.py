@@ -510,7 +510,7 @@ class GovernanceLedger:
                 status=result.status,
                 committed_micros=result.committed_micros,
                 findings_count=len(result.findings),
-                response={"findings": [_finding_document(f) for f in result.findings]},
+                response={"findings": [f.document() for f in result.findings]},
                 plan_hash=plan.plan_hash,
                 created_at=now,
             )
@@ -809,18 +809,9 @@ def action_from_document(document: Mapping[str, Any]) -> Action:
     )
 
 
-def _finding_document(finding: Finding) -> dict[str, Any]:
-    return {
-        "category_id": finding.category_id,
-        "severity": int(finding.severity),
-        "explanation": finding.explanation,
-        "details": finding.details,
-    }
-
-
 def _verdict_document(verdict: Verdict) -> dict[str, Any]:
     return {
-        "findings": [_finding_document(f) for f in verdict.findings],
+        "findings": [f.document() for f in verdict.findings],
         "explanation": verdict.explanation,
         "categories_evaluated": list(verdict.categories_evaluated),
     }

@@ -514,16 +514,4 @@ _NO_FINDINGS = canonical_json({"findings": []})
 
 
 def _findings_json(findings: Sequence[Finding]) -> str:
-    return canonical_json(
-        {
-            "findings": [
-                {
-                    "category_id": f.category_id,
-                    "severity": int(f.severity),
-                    "explanation": f.explanation,
-                    "details": f.details,
-                }
-                for f in findings
-            ]
-        }
-    )
+    return canonical_json({"findings": [f.document() for f in findings]})
