@@ -7,14 +7,18 @@ import asyncio
 
 import grpc
 import pytest
-from google.protobuf import json_format
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
-from tests.support.governance import M, seed_payload, seed_seller_response
+from tests.support.governance import (
+    M,
+    assert_seed_pacing_finding,
+    seed_payload,
+    seed_seller_response,
+)
 
 PLAN = "streamed"
 
@@ -80,19 +84,7 @@ async def test_a_streamed_report_gets_the_seed_pacing_finding_in_full(api: Runni
     [result] = (await stream.ack()).results
     assert result.accepted.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
     [finding] = result.accepted.findings
-    assert (finding.category_id, finding.severity) == (
-        "budget_authority",
-        types_pb2.SEVERITY_WARNING,
-    )
-    assert finding.explanation == (
-        "Spend is pacing 62% above plan. At current rate, budget will be exhausted 5 weeks early."
-    )
-    assert json_format.MessageToDict(finding.details) == {
-        "planned_weekly_spend": 11538,
-        "actual_weekly_spend": 18750,
-        "overpace_pct": 62,
-        "projected_exhaustion": "2026-05-10T00:00:00Z",
-    }
+    assert_seed_pacing_finding(finding)
     stream.close()
 
 

@@ -10,7 +10,14 @@ from google.protobuf import json_format
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
 from tests.support.api import RunningServer
-from tests.support.governance import Buyer, M, plan, seed_payload, seed_seller_response
+from tests.support.governance import (
+    Buyer,
+    M,
+    assert_seed_pacing_finding,
+    plan,
+    seed_payload,
+    seed_seller_response,
+)
 
 PLAN = "plan_q1_2026_launch"
 
@@ -113,19 +120,7 @@ async def test_delivery_pacing_anomaly(buyer: Buyer) -> None:
     )
     assert response.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
     [finding] = response.findings
-    assert (finding.category_id, finding.severity) == (
-        "budget_authority",
-        types_pb2.SEVERITY_WARNING,
-    )
-    assert finding.explanation == (
-        "Spend is pacing 62% above plan. At current rate, budget will be exhausted 5 weeks early."
-    )
-    assert json_format.MessageToDict(finding.details) == {
-        "planned_weekly_spend": 11538,
-        "actual_weekly_spend": 18750,
-        "overpace_pct": 62,
-        "projected_exhaustion": "2026-05-10T00:00:00Z",
-    }
+    assert_seed_pacing_finding(finding)
     # Delivery never changes what is committed; spend is tracked.
     state = await buyer.state(PLAN)
     assert state.committed_micros == 425_000 * M

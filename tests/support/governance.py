@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
@@ -25,6 +25,24 @@ def struct(document: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(document)
     return message
+
+
+def assert_seed_pacing_finding(finding: types_pb2.Finding) -> None:
+    """The seed's delivery anomaly: 18,750 spent in the first week of a 150,000, 13-week
+    flight."""
+    assert (finding.category_id, finding.severity) == (
+        "budget_authority",
+        types_pb2.SEVERITY_WARNING,
+    )
+    assert finding.explanation == (
+        "Spend is pacing 62% above plan. At current rate, budget will be exhausted 5 weeks early."
+    )
+    assert json_format.MessageToDict(finding.details) == {
+        "planned_weekly_spend": 11538,
+        "actual_weekly_spend": 18750,
+        "overpace_pct": 62,
+        "projected_exhaustion": "2026-05-10T00:00:00Z",
+    }
 
 
 def key() -> str:
