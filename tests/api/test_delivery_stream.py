@@ -4,13 +4,17 @@ duplicates, gaps, resume, fencing and backpressure."""
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 
 import grpc
 import pytest
+from google.rpc.error_details_pb2 import BadRequest
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
+from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import (
@@ -71,6 +75,85 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     resumed = RawStream(api, buyer.key, "producer-1")
     assert (await resumed.opened()).next_seq == 3
     resumed.close()
+
+
+def _bad_reports() -> list[tuple[pb.PlanDelivery, str]]:
+    """Reports that break one rule each, with the field their violation names."""
+
+    def broken(change: Callable[[pb.PlanDelivery], object]) -> pb.PlanDelivery:
+        item = report(PLAN, "mb_1", 16, M, cpm_micros=100 * M)
+        change(item)
+        return item
+
+    delivery = "delivery"
+    return [
+        (broken(lambda r: setattr(r, "plan_id", "")), "plan_id"),
+        (broken(lambda r: setattr(r.delivery, "spend_micros", -1)), f"{delivery}.spend_micros"),
+        (
+            broken(lambda r: setattr(r.delivery, "spend_micros", MAX_AMOUNT_MICROS + 1)),
+            f"{delivery}.spend_micros",
+        ),
+        (broken(lambda r: setattr(r.delivery, "impressions", -1)), f"{delivery}.impressions"),
+        (broken(lambda r: setattr(r.delivery, "cpm_micros", -5)), f"{delivery}.cpm_micros"),
+        (
+            broken(lambda r: setattr(r.delivery, "viewability_rate", math.nan)),
+            f"{delivery}.viewability_rate",
+        ),
+        (
+            broken(lambda r: setattr(r.delivery, "completion_rate", 1.5)),
+            f"{delivery}.completion_rate",
+        ),
+        (broken(lambda r: setattr(r.delivery, "media_buy_id", "")), f"{delivery}.media_buy_id"),
+        (
+            broken(lambda r: setattr(r.delivery, "media_buy_id", "é" * 256)),
+            f"{delivery}.media_buy_id",
+        ),
+        (
+            broken(lambda r: r.delivery.reporting_period.ClearField("start")),
+            f"{delivery}.reporting_period.start",
+        ),
+        (
+            broken(lambda r: setattr(r.delivery.reporting_period.end, "seconds", 0)),
+            f"{delivery}.reporting_period.end",
+        ),
+        (
+            broken(lambda r: setattr(r.delivery.reporting_period.start, "nanos", 2_000_000_000)),
+            f"{delivery}.reporting_period.start",
+        ),
+        (
+            broken(lambda r: setattr(r.delivery.reporting_period.end, "seconds", 2**40)),
+            f"{delivery}.reporting_period.end",
+        ),
+        (
+            broken(lambda r: r.delivery.ClearField("reporting_period")),
+            f"{delivery}.reporting_period",
+        ),
+    ]
+
+
+async def test_each_invalid_report_gets_its_own_field_violation(api: RunningServer) -> None:
+    buyer = await committed_plan(api, "validation", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "validation-1")
+    await stream.opened()
+    bad = _bad_reports()
+    with_ext = report(PLAN, "mb_1", 17, 2 * M, cpm_micros=100 * M)
+    with_ext.delivery.ext.update({"note": "ünïcödé ✓", "nested": {"n": [1, 2]}})
+    stream.send(1, [item for item, _ in bad] + [with_ext, report(PLAN, "mb_1", 18, 3 * M)])
+    ack = await stream.ack()
+    assert ack.disposition == pb.BATCH_DISPOSITION_COMMITTED
+    for index, (_, field) in enumerate(bad):
+        error = ack.results[index].error
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], field
+        [violations] = [
+            BadRequest.FromString(d.value).field_violations
+            for d in error.details
+            if d.Is(BadRequest.DESCRIPTOR)
+        ]
+        assert f"reports[{index}].{field}" in [v.field for v in violations]
+    assert [r.WhichOneof("result") for r in ack.results[len(bad) :]] == ["accepted", "accepted"]
+    # Only the two valid reports counted.
+    assert (await buyer.state(PLAN)).spend_micros == 5 * M
+    stream.close()
 
 
 async def test_a_streamed_report_gets_the_seed_pacing_finding_in_full(api: RunningServer) -> None:

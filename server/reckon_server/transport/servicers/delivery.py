@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
@@ -361,22 +361,55 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
 
 
 def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
-    """A validated report, or the error it gets in its ack (the batch goes on). Plainly valid
-    reports take a direct path; anything else gets the full rules with field paths."""
-    if _plainly_valid(item):
-        delivery = item.delivery
-        period = delivery.reporting_period
-        return StreamReport(
-            item.plan_id,
-            item.governance_context,
-            delivery.media_buy_id,
-            _micros(period.start),
-            _micros(period.end),
-            delivery.spend_micros,
-            delivery.impressions,
-            delivery.cpm_micros if delivery.HasField("cpm_micros") else None,
-            delivery.viewability_rate if delivery.HasField("viewability_rate") else None,
-            delivery.completion_rate if delivery.HasField("completion_rate") else None,
+    """A validated report, or the error it gets in its ack (the batch goes on).
+
+    Plainly valid reports take a direct path: every field is read once (each read of a
+    decoded message costs about as much as a Python call) and checked against the same rules
+    as `delivery_figures`. Anything else gets the full rules with field paths.
+    """
+    delivery = item.delivery
+    period = delivery.reporting_period
+    start, end = period.start, period.end
+    plan_id, context, media_buy_id = item.plan_id, item.governance_context, delivery.media_buy_id
+    spend, impressions = delivery.spend_micros, delivery.impressions
+    start_s, start_n, end_s, end_n = start.seconds, start.nanos, end.seconds, end.nanos
+    present = delivery.HasField
+    cpm = delivery.cpm_micros if present("cpm_micros") else None
+    viewability = delivery.viewability_rate if present("viewability_rate") else None
+    completion = delivery.completion_rate if present("completion_rate") else None
+    if (
+        plan_id
+        and (media_buy_id or context)
+        and len(media_buy_id) <= 255
+        and 0 <= spend <= MAX_AMOUNT_MICROS
+        and impressions >= 0
+        and period.HasField("start")
+        and period.HasField("end")
+        and MIN_SECONDS <= start_s <= MAX_SECONDS
+        and MIN_SECONDS <= end_s <= MAX_SECONDS
+        and 0 <= start_n < 10**9
+        and 0 <= end_n < 10**9
+        and (start_s, start_n) < (end_s, end_n)
+        and (cpm is None or 0 <= cpm <= MAX_AMOUNT_MICROS)
+        and (viewability is None or 0 <= viewability <= 1)
+        and (completion is None or 0 <= completion <= 1)
+        and not present("ext")
+    ):
+        # _make: a third of the cost of the named tuple's own constructor. Microseconds
+        # truncate the nanos, as Timestamp.ToDatetime does.
+        return StreamReport._make(
+            (
+                plan_id,
+                context,
+                media_buy_id,
+                start_s * 1_000_000 + start_n // 1000,
+                end_s * 1_000_000 + end_n // 1000,
+                spend,
+                impressions,
+                cpm,
+                viewability,
+                completion,
+            )
         )
     path = f"reports[{index}]"
     out: list[FieldViolation] = []
@@ -403,34 +436,4 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         figures.cpm_micros,
         figures.viewability_rate,
         figures.completion_rate,
-    )
-
-
-def _micros(timestamp: timestamp_pb2.Timestamp) -> int:
-    """Epoch microseconds of a validated timestamp (nanos truncated, as ToDatetime does)."""
-    return timestamp.seconds * 1_000_000 + timestamp.nanos // 1000
-
-
-def _plainly_valid(item: pb.PlanDelivery) -> bool:
-    """The same rules as `delivery_figures`, checked without collecting violations."""
-    delivery = item.delivery
-    period = delivery.reporting_period
-    start, end = period.start, period.end
-    return bool(
-        item.plan_id
-        and (delivery.media_buy_id or item.governance_context)
-        and len(delivery.media_buy_id) <= 255
-        and 0 <= delivery.spend_micros <= MAX_AMOUNT_MICROS
-        and delivery.impressions >= 0
-        and period.HasField("start")
-        and period.HasField("end")
-        and MIN_SECONDS <= start.seconds <= MAX_SECONDS
-        and MIN_SECONDS <= end.seconds <= MAX_SECONDS
-        and 0 <= start.nanos < 10**9
-        and 0 <= end.nanos < 10**9
-        and (start.seconds, start.nanos) < (end.seconds, end.nanos)
-        and (not delivery.HasField("cpm_micros") or 0 <= delivery.cpm_micros <= MAX_AMOUNT_MICROS)
-        and (not delivery.HasField("viewability_rate") or 0 <= delivery.viewability_rate <= 1)
-        and (not delivery.HasField("completion_rate") or 0 <= delivery.completion_rate <= 1)
-        and not delivery.HasField("ext")
     )
