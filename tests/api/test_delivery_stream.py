@@ -128,7 +128,15 @@ def _bad_reports() -> list[tuple[pb.PlanDelivery, str]]:
             broken(lambda r: r.delivery.ClearField("reporting_period")),
             f"{delivery}.reporting_period",
         ),
+        (broken(lambda r: r.delivery.ext.update(_nested(20))), f"{delivery}.ext"),
     ]
+
+
+def _nested(depth: int) -> dict[str, object]:
+    document: dict[str, object] = {}
+    for _ in range(depth):
+        document = {"d": document}
+    return document
 
 
 async def test_each_invalid_report_gets_its_own_field_violation(api: RunningServer) -> None:
