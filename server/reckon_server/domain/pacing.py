@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
+from reckon_server.clock import epoch_micros, from_epoch_micros
 from reckon_server.domain.findings import (
     BUDGET_AUTHORITY,
     SELLER_VERIFICATION,
@@ -20,7 +21,6 @@ CPM_TOLERANCE_DIVISOR = 20
 """A reported CPM within 1/20 (5 %) of spend / impressions * 1000 is consistent."""
 _DAY = 86_400
 _WEEK = 7
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,11 @@ class DeliveryFigures:
 
     @property
     def start_us(self) -> int:
-        return _epoch_us(self.period_start)
+        return epoch_micros(self.period_start)
 
     @property
     def end_us(self) -> int:
-        return _epoch_us(self.period_end)
+        return epoch_micros(self.period_end)
 
 
 class PeriodFigures(Protocol):
@@ -82,12 +82,6 @@ _HORIZON_US = 100 * 366 * _DAY * 1_000_000
 _MICROS = 1_000_000
 
 
-def _epoch_us(moment: datetime) -> int:
-    """An aware datetime in microseconds since the epoch."""
-    delta = moment - _EPOCH
-    return (delta.days * _DAY + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _half_up(numerator: int, denominator: int) -> int:
     """numerator / denominator rounded half up (denominator > 0), in integers."""
     return (2 * numerator + denominator) // (2 * denominator)
@@ -113,10 +107,10 @@ def pacing(
     flight starts)."""
     return _pacing(
         committed_micros=committed_micros,
-        flight_start_us=_epoch_us(flight_start),
-        flight_end_us=_epoch_us(flight_end),
-        period_start_us=_epoch_us(period_start),
-        period_end_us=_epoch_us(period_end),
+        flight_start_us=epoch_micros(flight_start),
+        flight_end_us=epoch_micros(flight_end),
+        period_start_us=epoch_micros(period_start),
+        period_end_us=epoch_micros(period_end),
         period_spend_micros=period_spend_micros,
         cumulative_spend_micros=cumulative_spend_micros,
     )
@@ -151,7 +145,7 @@ def _pacing(
     # Spend so slow that the budget lasts past any horizon has no exhaustion date.
     if 0 < exhaust_after_us <= _HORIZON_US:
         exhaustion_us = flight_start_us + exhaust_after_us
-        exhaustion = _EPOCH + timedelta(microseconds=exhaustion_us)
+        exhaustion = from_epoch_micros(exhaustion_us)
         weeks_early = _half_up(flight_end_us - exhaustion_us, _WEEK_US)
     return Pacing(
         planned_weekly_units=_half_up(committed_micros, weeks * _MICROS),
@@ -248,9 +242,9 @@ class DeliveryRules:
         self._settled = settled
         self._currency = currency
         self._threshold = threshold_pct
-        self._flight_start_us = _epoch_us(flight_start)
-        self._flight_end_us = _epoch_us(flight_end)
-        flight_days = (flight_end - flight_start).total_seconds() / _DAY
+        self._flight_start_us = epoch_micros(flight_start)
+        self._flight_end_us = epoch_micros(flight_end)
+        flight_days = (self._flight_end_us - self._flight_start_us) / 1_000_000 / _DAY
         self._weekly: float | None = None
         """Planned spend per week, for the quick pacing estimate; None when undefined."""
         if committed_micros > 0 and flight_days > 0:

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reckon_server.clock import epoch_micros
 from reckon_server.domain.audit import (
     ActionRequest,
     ApprovalState,
@@ -31,7 +32,6 @@ from reckon_server.storage.schema import (
     orgs,
 )
 from reckon_server.storage.sql import BulkStatement, first_or_none, upsert
-from reckon_server.storage.types import epoch_micros
 
 
 @dataclass(frozen=True)

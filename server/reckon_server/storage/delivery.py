@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reckon_server.clock import epoch_micros
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.errors import Reason, ReckonError, Resource, not_found
@@ -30,7 +31,6 @@ from reckon_server.storage.schema import (
     plans,
 )
 from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
-from reckon_server.storage.types import epoch_micros
 
 ACTIVE = 1
 _PERIOD_COLUMNS = (

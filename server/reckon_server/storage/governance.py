@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reckon_server.clock import epoch_micros
 from reckon_server.storage.schema import (
     campaigns,
     checks,
@@ -18,7 +19,6 @@ from reckon_server.storage.schema import (
     plans,
 )
 from reckon_server.storage.sql import first_or_none, insert
-from reckon_server.storage.types import epoch_micros
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+
+from reckon_server.clock import epoch_micros, from_epoch_micros
 
 
 class UtcTimestamp(sa.TypeDecorator[datetime]):
@@ -26,21 +28,6 @@ class UtcTimestamp(sa.TypeDecorator[datetime]):
         if value is None:
             return None
         return from_epoch_micros(value)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def epoch_micros(value: datetime) -> int:
-    """The stored form of a timestamp (for statements that bypass the column type)."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetimes are not stored")
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_epoch_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 JsonDocument: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")

@@ -7,8 +7,9 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from reckon_server.clock import EPOCH
+
 _MAX_SAFE_INT = 2**53
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def to_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment.tzinfo is not None:
         # Exact for aware times and several times cheaper than FromDatetime, which every
         # response pays for.
-        since = moment - _EPOCH
+        since = moment - EPOCH
         return timestamp_pb2.Timestamp(
             seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
         )

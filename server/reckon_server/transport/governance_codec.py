@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from reckon.v1 import governance_service_pb2 as pb
@@ -565,14 +565,7 @@ def validate_outcome(request: pb.ReportPlanOutcomeRequest) -> OutcomeRequest:
 
 
 def encode_finding(finding: Finding) -> types_pb2.Finding:
-    details = struct_pb2.Struct()
-    details.update(finding.details)
-    return types_pb2.Finding(
-        category_id=finding.category_id,
-        severity=int(finding.severity),  # type: ignore[arg-type]
-        explanation=finding.explanation,
-        details=details,
-    )
+    return encode_stored_finding(finding.document())
 
 
 def encode_stored_finding(
@@ -584,9 +577,9 @@ def encode_stored_finding(
     message.category_id = document["category_id"]
     message.severity = document["severity"]
     message.explanation = document["explanation"]
-    details = document.get("details")
-    if details:
-        message.details.update(details)
+    # Present even when empty: every finding carries its details object.
+    message.details.SetInParent()
+    message.details.update(document.get("details") or {})
     return message
 
 

@@ -26,7 +26,6 @@ from reckon_server.storage.delivery import (
     fenced,
     sequence_gap,
 )
-from reckon_server.storage.types import epoch_micros
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.context import current_principal
 from reckon_server.transport.governance_codec import (
@@ -429,8 +428,8 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         item.plan_id,
         item.governance_context,
         figures.media_buy_id,
-        epoch_micros(figures.period_start),
-        epoch_micros(figures.period_end),
+        figures.start_us,
+        figures.end_us,
         figures.spend_micros,
         figures.impressions,
         figures.cpm_micros,
