@@ -9,9 +9,14 @@ MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_DOCUMENT_DEPTH = 16
 
 
-# One encoder for every call: json.dumps with options builds a new one each time.
+# One encoder for every call: json.dumps with options builds a new one each time. Documents
+# come from protobuf or JSON, which cannot hold cycles, so the encoder need not track them.
 _CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    check_circular=False,
 )
 
 
