@@ -10,11 +10,12 @@ from collections.abc import Callable
 import grpc
 import pytest
 from google.rpc.error_details_pb2 import BadRequest
+from google.rpc.status_pb2 import Status
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
-from reckon_server.domain.money import MAX_AMOUNT_MICROS
+from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import (
@@ -139,6 +140,16 @@ def _nested(depth: int) -> dict[str, object]:
     return document
 
 
+def _violations(error: Status) -> list[str]:
+    """The fields named by the BadRequest details of a per-report error."""
+    return [
+        violation.field
+        for detail in error.details
+        if detail.Is(BadRequest.DESCRIPTOR)
+        for violation in BadRequest.FromString(detail.value).field_violations
+    ]
+
+
 async def test_each_invalid_report_gets_its_own_field_violation(api: RunningServer) -> None:
     buyer = await committed_plan(api, "validation", PLAN, {"mb_1": 150_000})
     stream = RawStream(api, buyer.key, "validation-1")
@@ -152,15 +163,45 @@ async def test_each_invalid_report_gets_its_own_field_violation(api: RunningServ
     for index, (_, field) in enumerate(bad):
         error = ack.results[index].error
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], field
-        [violations] = [
-            BadRequest.FromString(d.value).field_violations
-            for d in error.details
-            if d.Is(BadRequest.DESCRIPTOR)
-        ]
-        assert f"reports[{index}].{field}" in [v.field for v in violations]
+        assert f"reports[{index}].{field}" in _violations(error)
     assert [r.WhichOneof("result") for r in ack.results[len(bad) :]] == ["accepted", "accepted"]
     # Only the two valid reports counted.
     assert (await buyer.state(PLAN)).spend_micros == 5 * M
+    stream.close()
+
+
+async def test_a_plans_delivered_spend_stays_within_its_limit(api: RunningServer) -> None:
+    """Each report may carry the largest amount; the plan's total may not pass its limit,
+    which keeps every sum inside int64. A report that would is refused on its own, and the
+    rest of its batch, and of the transaction, commits."""
+    buyer = await committed_plan(api, "limit", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
+    stream = RawStream(api, buyer.key, "limit-1")
+    await stream.opened()
+    at_limit = MAX_PLAN_TOTAL_MICROS // MAX_AMOUNT_MICROS
+    largest = [
+        report(PLAN, f"mb_{1 + day % 2}", 1 + day, MAX_AMOUNT_MICROS) for day in range(at_limit + 2)
+    ]
+    stream.send(1, [*largest, report(PLAN, "mb_1", 28, 0)])
+    ack = await stream.ack()
+    assert ack.disposition == pb.BATCH_DISPOSITION_COMMITTED
+    kinds = [r.WhichOneof("result") for r in ack.results]
+    assert kinds == ["accepted"] * at_limit + ["error", "error", "accepted"]
+    for index in (at_limit, at_limit + 1):
+        error = ack.results[index].error
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert _violations(error) == [f"reports[{index}].delivery.spend_micros"]
+    assert (await buyer.state(PLAN)).spend_micros == MAX_PLAN_TOTAL_MICROS
+
+    # Lowering a period's spend makes room again, within the same batch.
+    stream.send(2, [report(PLAN, "mb_1", 1, M), largest[at_limit], largest[at_limit + 1]])
+    ack = await stream.ack()
+    assert [r.WhichOneof("result") for r in ack.results] == ["accepted", "error", "error"]
+    stream.send(3, [report(PLAN, "mb_2", 2, 0), largest[at_limit]])
+    ack = await stream.ack()
+    assert [r.WhichOneof("result") for r in ack.results] == ["accepted", "accepted"]
+    state = await buyer.state(PLAN)
+    assert state.spend_micros == MAX_PLAN_TOTAL_MICROS - MAX_AMOUNT_MICROS + M
+    assert sum(c.spend_micros for c in state.campaigns) == state.spend_micros
     stream.close()
 
 

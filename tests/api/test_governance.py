@@ -14,6 +14,7 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import governance_service_pb2 as pb
+from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
 from tests.support.api import DecodedError, RunningServer, bearer, decode
 from tests.support.governance import (
     Buyer,
@@ -285,6 +286,13 @@ async def test_check_errors(buyer: Buyer, api: RunningServer) -> None:
     bad_amount = await refused(buyer.check("p", seed_payload(-5)))
     assert bad_amount.reason == "INVALID_REQUEST"
     assert bad_amount.violations[0][0] == "payload.packages[0].budget"
+    # Each package within the largest amount, their total past it.
+    largest = seed_payload(MAX_AMOUNT_MICROS // M)
+    largest["packages"] *= 2
+    too_much = await refused(buyer.check("p", largest))
+    assert too_much.violations == [
+        ("payload.packages", "budgets total more than 100000000000 units")
+    ]
     no_caller = await refused(
         buyer.stub.CheckGovernance(
             pb.CheckGovernanceRequest(plan_id="p"), metadata=bearer(buyer.key)
@@ -421,6 +429,54 @@ async def test_delivery_periods_replace_and_overspend_is_critical(buyer: Buyer) 
     assert any("CPM" in f.explanation for f in inconsistent.findings)
 
 
+async def test_plan_totals_stay_within_their_limit(buyer: Buyer) -> None:
+    """Single amounts go up to MAX_AMOUNT_MICROS; what a plan commits, and what it delivers,
+    stop at MAX_PLAN_TOTAL_MICROS, so that every sum fits int64. Past it, the request is
+    refused and nothing of it is stored."""
+    largest = MAX_AMOUNT_MICROS // M
+    at_limit = MAX_PLAN_TOTAL_MICROS // MAX_AMOUNT_MICROS
+    await buyer.sync(plan("p", largest))
+    for n in range(at_limit + 1):
+        check = await buyer.check("p", seed_payload(largest))
+        completion = buyer.complete(
+            "p", check, seed_seller_response(largest, media_buy_id=f"mb_{n}")
+        )
+        if n < at_limit:
+            await completion
+            continue
+        past = await refused(completion)
+        assert (past.code, past.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert past.violations == [
+            (
+                "seller_response",
+                f"would take the plan's committed budget past {MAX_PLAN_TOTAL_MICROS} micros",
+            )
+        ]
+    assert (await buyer.state("p")).committed_micros == MAX_PLAN_TOTAL_MICROS
+
+    def day(n: int) -> tuple[str, str]:
+        return f"2026-03-{n:02d}T00:00:00Z", f"2026-03-{n + 1:02d}T00:00:00Z"
+
+    for n in range(at_limit):
+        await buyer.deliver("p", f"mb_{n}", *day(1), MAX_AMOUNT_MICROS)
+    past = await refused(buyer.deliver("p", "mb_0", *day(2), 1))
+    assert past.violations == [
+        (
+            "delivery.spend_micros",
+            f"would take the plan's delivered spend past {MAX_PLAN_TOTAL_MICROS} micros",
+        )
+    ]
+    # Re-reporting a period replaces its spend: lower, it makes room again.
+    await buyer.deliver("p", "mb_0", *day(1), MAX_AMOUNT_MICROS - 1)
+    await buyer.deliver("p", "mb_0", *day(2), 1)
+    state = await buyer.state("p")
+    assert (state.spend_micros, state.remaining_micros) == (
+        MAX_PLAN_TOTAL_MICROS,
+        MAX_AMOUNT_MICROS - MAX_PLAN_TOTAL_MICROS,
+    )
+    assert sum(c.spend_micros for c in state.campaigns) == MAX_PLAN_TOTAL_MICROS
+
+
 INVALID_OUTCOMES: list[tuple[str, dict[str, Any], str]] = [
     ("short-key", {"idempotency_key": "short"}, "idempotency_key"),
     ("no-outcome", {"outcome": 0}, "outcome"),
@@ -481,6 +537,17 @@ INVALID_OUTCOMES: list[tuple[str, dict[str, Any], str]] = [
             )
         },
         "delivery.reporting_period.end",
+    ),
+    (
+        "packages-past-the-largest-amount",
+        {
+            "outcome": pb.OUTCOME_TYPE_COMPLETED,
+            "check_id": "chk_x",
+            "seller_response": pb.SellerResponse(
+                packages=[pb.SellerPackage(budget_micros=MAX_AMOUNT_MICROS)] * 2
+            ),
+        },
+        "seller_response.packages",
     ),
     (
         "overflow",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reckon_server.domain.money import units_to_micros
+from reckon_server.domain.money import MAX_AMOUNT_MICROS, MICROS, units_to_micros
 from reckon_server.errors import FieldViolation
 
 
@@ -75,6 +75,12 @@ def action_from_payload(
             )
         )
     amount = sum(p.budget_micros or 0 for p in packages)
+    if amount > MAX_AMOUNT_MICROS:
+        violations.append(
+            FieldViolation(
+                "payload.packages", f"budgets total more than {MAX_AMOUNT_MICROS // MICROS} units"
+            )
+        )
     if not any(p.budget_micros is not None for p in packages):
         total = payload.get("total_budget", payload.get("budget"))
         if isinstance(total, Mapping):

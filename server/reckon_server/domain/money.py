@@ -8,9 +8,16 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
+
 MICROS = 1_000_000
 MAX_AMOUNT_MICROS = 10**17
-"""Largest single amount (100 billion units): sums of many stay far inside int64."""
+"""Largest single amount (100 billion units), and the most the packages of one action total."""
+MAX_PLAN_TOTAL_MICROS = 10**18
+"""The most a plan may have committed, and the most it may have delivered (a trillion units).
+Amounts are never negative, so every campaign and purchase-type figure stays within it too,
+and every stored sum and every `int64` on the wire stays in range: a sum past int64 would be
+refused by the database (or the wire) after the request had been accepted."""
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 
@@ -45,3 +52,15 @@ def format_money(micros: int, currency: str) -> str:
     text = f"{units:,.2f}".removesuffix(".00")
     symbol = _SYMBOLS.get(currency)
     return f"{symbol}{text}" if symbol else f"{text} {currency}"
+
+
+def past_plan_total(path: str, total: str) -> ReckonError:
+    """The error for an amount at `path` that would take the plan's `total` past its limit."""
+    return invalid(
+        Reason.INVALID_REQUEST,
+        [
+            FieldViolation(
+                path, f"would take the plan's {total} past {MAX_PLAN_TOTAL_MICROS} micros"
+            )
+        ],
+    )

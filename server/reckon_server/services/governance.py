@@ -20,6 +20,7 @@ from reckon_server.domain.governance import (
     advisory_conditions,
     evaluate,
 )
+from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
 from reckon_server.domain.pacing import DeliveryFigures, DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.domain.reconciliation import over_commitment, seller_verification
@@ -576,6 +577,8 @@ class GovernanceLedger:
             if verification is not None:
                 findings.append(verification)
             committed_total = plan.committed_micros - target.committed_micros + committed
+            if committed_total > MAX_PLAN_TOTAL_MICROS:
+                raise past_plan_total("seller_response", "committed budget")
             over = over_commitment(committed_total, plan.total_micros, terms.currency)
             if over is not None:
                 findings.append(over)
@@ -637,6 +640,7 @@ class GovernanceLedger:
         assert figures is not None
         cumulative = await store.record_delivery(
             conn,
+            plan_spend_limit=MAX_PLAN_TOTAL_MICROS,
             org_id=plan.org_id,
             plan_id=plan.plan_id,
             governance_context=target.governance_context,
@@ -650,6 +654,8 @@ class GovernanceLedger:
             outcome_id=outcome_id,
             now=now,
         )
+        if cumulative is None:
+            raise past_plan_total("delivery.spend_micros", "delivered spend")
         findings = self._delivery_findings(target, terms, figures, cumulative)
         return OutcomeResult(
             outcome_id, FINDINGS if findings else ACCEPTED, None, tuple(findings), None, None

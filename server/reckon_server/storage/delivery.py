@@ -2,10 +2,11 @@
 
 One transaction applies batches from any number of streams: it checks each batch against its
 stream's durable cursor and fencing generation, resolves plans and campaigns for all reports
-at once, upserts the absolute per-period totals, computes each report's findings from the
-exact cumulative spend at that point, records the outcomes and advances the cursors. A batch
-is acknowledged only after this transaction commits, so an ack means durable, and a cursor
-that advances with its rows means a batch is never applied twice.
+at once, upserts the absolute per-period totals (refusing a report that would take its plan's
+delivered spend past the limit), computes each report's findings from the exact cumulative
+spend at that point, records the outcomes and advances the cursors. A batch is acknowledged
+only after this transaction commits, so an ack means durable, and a cursor that advances
+with its rows means a batch is never applied twice.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reckon_server.clock import epoch_micros
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
+from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
 from reckon_server.errors import Reason, ReckonError, Resource, not_found
+from reckon_server.storage.governance import PLAN_SPEND
 from reckon_server.storage.schema import (
     campaigns,
     delivery_periods,
@@ -311,10 +314,13 @@ class ApplyDeliveryBatches:
             if isinstance(r, StreamReport)
         }
         plan_rows: dict[tuple[str, str], Any] = {}
+        plan_spend: dict[tuple[str, str], int] = {}
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
             row = conn.execute(_LOCK_PLAN, {"org": org_id, "plan": plan_id}).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
+                spend = conn.execute(PLAN_SPEND, {"org": org_id, "plan": plan_id}).scalar_one()
+                plan_spend[(org_id, plan_id)] = int(spend)
         campaign_rows = self._campaigns(conn, named, plan_rows)
         lookups = _Lookups(
             plan_rows,
@@ -361,9 +367,15 @@ class ApplyDeliveryBatches:
                     continue
                 context = target.governance_context
                 period = (context, report.start_us, report.end_us)
-                total = totals[context] = (
-                    totals.get(context, 0) - periods.get(period, 0) + report.spend_micros
-                )
+                change = report.spend_micros - periods.get(period, 0)
+                plan = target.plan
+                if plan_spend[plan] + change > MAX_PLAN_TOTAL_MICROS:
+                    # One result per report so far: its count is this report's index.
+                    path = f"reports[{len(done.results)}].delivery.spend_micros"
+                    done.results.append(past_plan_total(path, "delivered spend"))
+                    continue
+                plan_spend[plan] += change
+                total = totals[context] = totals.get(context, 0) + change
                 periods[period] = report.spend_micros
                 findings = target.findings(report, total)
                 document = _findings_json(findings) if findings else None
@@ -442,6 +454,8 @@ class _Target:
     """The campaign a report lands in: its rules, and what its outcome rows copy."""
 
     governance_context: str
+    plan: tuple[str, str]
+    """(org, plan id)."""
     findings: ReportRules
     purchase_type: int
     plan_hash: str
@@ -486,7 +500,11 @@ class _Lookups:
                 terms.flight_end,
             )
             target = self.by_context[context] = _Target(
-                context, self.rules_of(facts), campaign.purchase_type, plan_row.plan_hash
+                context,
+                (batch.org_id, report.plan_id),
+                self.rules_of(facts),
+                campaign.purchase_type,
+                plan_row.plan_hash,
             )
         return target
 

@@ -371,6 +371,12 @@ async def plan_outcome_rows(conn: AsyncConnection, org_id: str, plan_id: str) ->
     )
 
 
+PLAN_SPEND = sa.select(sa.func.coalesce(sa.func.sum(campaigns.c.spend_micros), 0)).where(
+    campaigns.c.org_id == sa.bindparam("org"), campaigns.c.plan_id == sa.bindparam("plan")
+)
+"""A plan's delivered spend: the sum of its campaigns'."""
+
+
 async def record_delivery(
     conn: AsyncConnection,
     *,
@@ -386,9 +392,11 @@ async def record_delivery(
     completion_rate: float | None,
     outcome_id: str,
     now: datetime,
-) -> int:
+    plan_spend_limit: int,
+) -> int | None:
     """Store a period's absolute totals (replacing an earlier report of the same period) and
-    return the campaign's cumulative spend."""
+    return the campaign's cumulative spend; None, storing nothing, when the plan's delivered
+    spend would then be past `plan_spend_limit`."""
     previous = await conn.scalar(
         sa.select(delivery_periods.c.spend_micros).where(
             delivery_periods.c.governance_context == governance_context,
@@ -396,6 +404,9 @@ async def record_delivery(
             delivery_periods.c.period_end == epoch_micros(period_end),
         )
     )
+    plan_spend = (await conn.execute(PLAN_SPEND, {"org": org_id, "plan": plan_id})).scalar_one()
+    if plan_spend - (previous or 0) + spend_micros > plan_spend_limit:
+        return None
     values = {
         "governance_context": governance_context,
         "period_start": epoch_micros(period_start),

@@ -493,6 +493,13 @@ def _seller_action(seller: pb.SellerResponse, out: Violations) -> Action:
         amount = seller.committed_budget_micros
     else:
         amount = sum(p.budget_micros or 0 for p in packages)
+        if amount > MAX_AMOUNT_MICROS:
+            out.append(
+                FieldViolation(
+                    "seller_response.packages",
+                    f"budget_micros total more than {MAX_AMOUNT_MICROS} micros",
+                )
+            )
     planned = _planned_action(seller.planned_delivery, "seller_response.planned_delivery", "", out)
     _document(seller, "ext", "seller_response.ext", out)
     if len(seller.media_buy_id) > 255:
