@@ -130,6 +130,14 @@ def _bad_reports() -> list[tuple[pb.PlanDelivery, str]]:
             f"{delivery}.reporting_period",
         ),
         (broken(lambda r: r.delivery.ext.update(_nested(20))), f"{delivery}.ext"),
+        # NUL reaches no database: PostgreSQL would refuse it only once the batch commits.
+        (broken(lambda r: setattr(r, "plan_id", f"{PLAN}\x00")), "plan_id"),
+        (broken(lambda r: setattr(r, "governance_context", "\x00")), "governance_context"),
+        (
+            broken(lambda r: setattr(r.delivery, "media_buy_id", "mb_1\x00")),
+            f"{delivery}.media_buy_id",
+        ),
+        (broken(lambda r: r.delivery.ext.update({"k": ["\x00"]})), f"{delivery}.ext.k[0]"),
     ]
 
 

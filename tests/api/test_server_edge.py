@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from reckon.v1 import audit_service_pb2
+from reckon.v1 import audit_service_pb2, governance_service_pb2
 from reckon_server.domain.principals import Role
 from reckon_server.storage import principals as principal_store
 from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, bearer, decode, new_secret
+from tests.support.governance import Buyer, plan, struct
 
 REPORT = "/reckon.v1.AuditService/Report"
 EXECUTE = audit_service_pb2.ExecuteRequest(action_type="tool.read")
@@ -115,6 +118,41 @@ async def test_undecodable_bytes_without_a_key_are_unauthenticated_first(
 ) -> None:
     error = decode(await _raw_call(api, b"\xff\xff\xff\xff"))
     assert error.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_nul_in_any_string_is_refused_before_anything_is_stored(
+    api: RunningServer,
+) -> None:
+    """PostgreSQL stores no U+0000, in text or JSONB: both databases refuse it up front."""
+    buyer = Buyer(api, await api.register("nul"))
+    metadata = struct_pb2.Struct()
+    metadata.update({"note": "ok", "steps": [{"cmd": "rm\x00"}]})
+    calls: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (lambda: buyer.sync(plan("p", objectives="launch\x00")), "plans[0].objectives"),
+        (lambda: buyer.sync(plan("p", ext=struct({"k\x00": 1}))), "plans[0].ext.k\\u0000"),
+        (
+            lambda: buyer.stub.GetPlan(
+                governance_service_pb2.GetPlanRequest(plan_id="p\x00"), metadata=bearer(buyer.key)
+            ),
+            "plan_id",
+        ),
+        (
+            lambda: api.stubs.audit.Execute(
+                audit_service_pb2.ExecuteRequest(action_type="tool.read", metadata=metadata),
+                metadata=bearer(buyer.key),
+            ),
+            "metadata.steps[0].cmd",
+        ),
+    ]
+    for call, field in calls:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await call()
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert (field, "must not contain U+0000 (NUL)") in error.violations
+    with pytest.raises(aio.AioRpcError) as raised:
+        await buyer.state("p")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_oversized_metadata_is_refused_by_transport(api: RunningServer) -> None:

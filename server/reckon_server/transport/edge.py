@@ -1,10 +1,14 @@
 """The edge every reckon.v1 call passes through.
 
 It wraps each method handler so that, in the handler's own task: undecodable request bytes
-become INVALID_BODY (grpc would answer INTERNAL), the bearer key is authenticated and the
-principal set for the servicer, and every ReckonError is turned into its status by
-`status.to_grpc_status`. Anything else is logged under an incident id and answered INTERNAL
-without detail.
+become INVALID_BODY (grpc would answer INTERNAL), a request with NUL in a string is refused
+(see `text`), the bearer key is authenticated and the principal set for the servicer, and
+every ReckonError is turned into its status by `status.to_grpc_status`. Anything else is
+logged under an incident id and answered INTERNAL without detail.
+
+Messages of the delivery stream are the exception to the NUL check here: a generic walk of a
+batch would cost as much as the rest of its decoding, so the stream checks the strings of
+each report itself, where it reads them.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 
 from reckon_server.domain.principals import Principal
-from reckon_server.errors import Reason, ReckonError
+from reckon_server.errors import Reason, ReckonError, invalid
 from reckon_server.transport import context as call_context
 from reckon_server.transport.status import to_grpc_status
+from reckon_server.transport.text import nul_violations
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +35,43 @@ Authenticator = Callable[[str], Awaitable[Principal | None]]
 _PACKAGE_PREFIX = "/reckon.v1."
 
 
-class _Undecodable:
-    """Stands in for a request message whose bytes did not parse."""
+@dataclass(frozen=True)
+class _Refused:
+    """Stands in for a request message that is refused as it is decoded."""
+
+    error: ReckonError
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+_UNDECODABLE = _Refused(
+    ReckonError(
+        Reason.INVALID_BODY,
+        "request bytes are not a valid protobuf message of this RPC",
+        {"detail": "undecodable request"},
+    )
+)
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, *, check_text: bool
+) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
-            return deserializer(data) if deserializer else data
+            message = deserializer(data) if deserializer else data
         except Exception:
-            return _Undecodable()
+            return _UNDECODABLE
+        # A NUL in a string is a zero byte in the encoding: most requests have none to walk.
+        if check_text and b"\x00" in data and isinstance(message, Message):
+            violations = nul_violations(message)
+            if violations:
+                return _Refused(invalid(Reason.INVALID_REQUEST, violations))
+        return message
 
     return parse
 
 
 def _check_decoded(message: Any) -> None:
-    if isinstance(message, _Undecodable):
-        raise ReckonError(
-            Reason.INVALID_BODY,
-            "request bytes are not a valid protobuf message of this RPC",
-            {"detail": "undecodable request"},
-        )
+    if isinstance(message, _Refused):
+        raise message.error
 
 
 class EdgeInterceptor(aio.ServerInterceptor):
@@ -75,7 +98,9 @@ class EdgeInterceptor(aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        deserializer = _tolerant(handler.request_deserializer)
+        deserializer = _tolerant(
+            handler.request_deserializer, check_text=not handler.request_streaming
+        )
         serializer = handler.response_serializer
         wrapped: grpc.RpcMethodHandler[Any, Any]
         if handler.unary_unary:

@@ -37,6 +37,7 @@ from reckon_server.transport.governance_codec import (
     terms_from_document,
 )
 from reckon_server.transport.status import rich_status
+from reckon_server.transport.text import NUL, nul_violations
 
 Context = aio.ServicerContext[Any, Any]
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -364,7 +365,8 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
 
     Plainly valid reports take a direct path: every field is read once (each read of a
     decoded message costs about as much as a Python call) and checked against the same rules
-    as `delivery_figures`. Anything else gets the full rules with field paths.
+    as `delivery_figures`, and for NUL, which the edge leaves to this function (see `edge`).
+    Anything else gets the full rules with field paths.
     """
     delivery = item.delivery
     period = delivery.reporting_period
@@ -380,6 +382,9 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         plan_id
         and (media_buy_id or context)
         and len(media_buy_id) <= 255
+        and NUL not in plan_id
+        and NUL not in context
+        and NUL not in media_buy_id
         and 0 <= spend <= MAX_AMOUNT_MICROS
         and impressions >= 0
         and period.HasField("start")
@@ -411,7 +416,7 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
             )
         )
     path = f"reports[{index}]"
-    out: list[FieldViolation] = []
+    out = nul_violations(item, path)
     if not item.plan_id:
         out.append(FieldViolation(f"{path}.plan_id", "required"))
     figures = delivery_figures(item.delivery, f"{path}.delivery", out)
