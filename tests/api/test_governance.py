@@ -298,7 +298,23 @@ async def test_check_errors(buyer: Buyer, api: RunningServer) -> None:
             pb.CheckGovernanceRequest(plan_id="p"), metadata=bearer(buyer.key)
         )
     )
-    assert ("caller", "required: the URL of the calling agent") in no_caller.violations
+    caller_rule = "required: the URL of the calling agent, at most 1024 characters"
+    assert ("caller", caller_rule) in no_caller.violations
+    # The seller a campaign records is at most 1024 characters, from either source.
+    long_url = "https://seller.example/" + "s" * 1024
+    long_caller = await refused(
+        buyer.stub.CheckGovernance(
+            pb.CheckGovernanceRequest(
+                plan_id="p",
+                caller=long_url,
+                planned_delivery=seed_seller_response().planned_delivery,
+            ),
+            metadata=bearer(buyer.key),
+        )
+    )
+    assert long_caller.violations == [("caller", caller_rule)]
+    long_seller = await refused(buyer.check("p", {**seed_payload(), "seller_agent_url": long_url}))
+    assert long_seller.violations == [("payload.seller_agent_url", "at most 1024 characters")]
     wrong_currency = seed_seller_response().planned_delivery
     wrong_currency.currency = "EUR"
     currency = await refused(

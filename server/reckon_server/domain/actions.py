@@ -10,6 +10,9 @@ from typing import Any
 from reckon_server.domain.money import MAX_AMOUNT_MICROS, MICROS, units_to_micros
 from reckon_server.errors import FieldViolation
 
+MAX_SELLER_CHARS = 1024
+"""The longest seller identity (an agent URL) a campaign records."""
+
 
 @dataclass(frozen=True)
 class Package:
@@ -100,7 +103,12 @@ def action_from_payload(
             if moment is None:
                 violations.append(FieldViolation(f"payload.{key}", "must be an ISO 8601 time"))
         flight.append(moment)
-    seller = payload.get("seller_agent_url") or payload.get("seller")
+    seller_key = "seller_agent_url" if payload.get("seller_agent_url") else "seller"
+    seller = payload.get(seller_key)
+    if seller and len(str(seller)) > MAX_SELLER_CHARS:
+        violations.append(
+            FieldViolation(f"payload.{seller_key}", f"at most {MAX_SELLER_CHARS} characters")
+        )
     action = Action(
         amount_micros=amount,
         packages=tuple(packages),

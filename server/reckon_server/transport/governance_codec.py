@@ -15,7 +15,13 @@ from google.protobuf.message import Message
 
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
-from reckon_server.domain.actions import Action, Package, action_from_payload, countries_of
+from reckon_server.domain.actions import (
+    MAX_SELLER_CHARS,
+    Action,
+    Package,
+    action_from_payload,
+    countries_of,
+)
 from reckon_server.domain.documents import canonical_json, document_problem
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.governance import Allocation, PlanTerms
@@ -367,8 +373,14 @@ def validate_check(request: pb.CheckGovernanceRequest) -> CheckRequest:
     out: Violations = []
     if not request.plan_id:
         out.append(FieldViolation("plan_id", "required"))
-    if not request.caller or len(request.caller) > 2048:
-        out.append(FieldViolation("caller", "required: the URL of the calling agent"))
+    # An execution check's caller is the seller its campaign records.
+    if not request.caller or len(request.caller) > MAX_SELLER_CHARS:
+        out.append(
+            FieldViolation(
+                "caller",
+                f"required: the URL of the calling agent, at most {MAX_SELLER_CHARS} characters",
+            )
+        )
     if not _enum_ok(types_pb2.PurchaseType, request.purchase_type, allow_zero=True):
         out.append(FieldViolation("purchase_type", "unknown purchase type"))
     if not _enum_ok(pb.GovernancePhase, request.phase, allow_zero=True):
