@@ -200,7 +200,8 @@ async def test_a_plans_delivered_spend_stays_within_its_limit(api: RunningServer
         assert _violations(error) == [f"reports[{index}].delivery.spend_micros"]
     assert (await buyer.state(PLAN)).spend_micros == MAX_PLAN_TOTAL_MICROS
 
-    # Lowering a period's spend makes room again, within the same batch.
+    # Lowering a period's spend makes room again, counted report by report in a batch: one
+    # unit short of the largest amount is not enough room for it, the whole amount is.
     stream.send(2, [report(PLAN, "mb_1", 1, M), largest[at_limit], largest[at_limit + 1]])
     ack = await stream.ack()
     assert [r.WhichOneof("result") for r in ack.results] == ["accepted", "error", "error"]
