@@ -315,6 +315,24 @@ async def test_check_errors(buyer: Buyer, api: RunningServer) -> None:
     assert long_caller.violations == [("caller", caller_rule)]
     long_seller = await refused(buyer.check("p", {**seed_payload(), "seller_agent_url": long_url}))
     assert long_seller.violations == [("payload.seller_agent_url", "at most 1024 characters")]
+    # A flight must end after it starts, or its campaign would have no pacing.
+    backwards = {**seed_payload(), "end_time": seed_payload()["start_time"]}
+    assert (await refused(buyer.check("p", backwards))).violations == [
+        ("payload.end_time", "must be after start_time")
+    ]
+    backwards_planned = seed_seller_response().planned_delivery
+    backwards_planned.end_time.CopyFrom(ts("2026-03-01T00:00:00Z"))
+    backwards_execution = await refused(
+        buyer.stub.CheckGovernance(
+            pb.CheckGovernanceRequest(
+                plan_id="p", caller="https://s.example", planned_delivery=backwards_planned
+            ),
+            metadata=bearer(buyer.key),
+        )
+    )
+    assert backwards_execution.violations == [
+        ("planned_delivery.end_time", "must be after start_time")
+    ]
     wrong_currency = seed_seller_response().planned_delivery
     wrong_currency.currency = "EUR"
     currency = await refused(
@@ -564,6 +582,19 @@ INVALID_OUTCOMES: list[tuple[str, dict[str, Any], str]] = [
             ),
         },
         "seller_response.packages",
+    ),
+    (
+        "seller-flight-backwards",
+        {
+            "outcome": pb.OUTCOME_TYPE_COMPLETED,
+            "check_id": "chk_x",
+            "seller_response": pb.SellerResponse(
+                planned_delivery=pb.PlannedDelivery(
+                    start_time=ts("2026-06-15T00:00:00Z"), end_time=ts("2026-03-15T00:00:00Z")
+                )
+            ),
+        },
+        "seller_response.planned_delivery.end_time",
     ),
     (
         "overflow",

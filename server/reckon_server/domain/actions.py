@@ -103,6 +103,8 @@ def action_from_payload(
             if moment is None:
                 violations.append(FieldViolation(f"payload.{key}", "must be an ISO 8601 time"))
         flight.append(moment)
+    if flight[0] and flight[1] and flight[1] <= flight[0]:
+        violations.append(FieldViolation("payload.end_time", "must be after start_time"))
     seller_key = "seller_agent_url" if payload.get("seller_agent_url") else "seller"
     seller = payload.get(seller_key)
     if seller and len(str(seller)) > MAX_SELLER_CHARS:

@@ -346,12 +346,17 @@ def _planned_action(planned: pb.PlannedDelivery, path: str, seller: str, out: Vi
     for name in ("frequency_cap", "ext"):
         _document(planned, name, f"{path}.{name}", out)
     _documents(planned.audience_targeting, f"{path}.audience_targeting", out)
+    start = _time(planned, "start_time", f"{path}.start_time", out, required=False)
+    end = _time(planned, "end_time", f"{path}.end_time", out, required=False)
+    # A flight that ends before it starts would silently leave its campaign without pacing.
+    if start and end and end <= start:
+        out.append(FieldViolation(f"{path}.end_time", "must be after start_time"))
     return Action(
         amount_micros=planned.total_budget_micros,
         countries=tuple(planned.geo.countries),
         channels=tuple(channels),
-        flight_start=_time(planned, "start_time", f"{path}.start_time", out, required=False),
-        flight_end=_time(planned, "end_time", f"{path}.end_time", out, required=False),
+        flight_start=start,
+        flight_end=end,
         seller=seller or None,
     )
 
