@@ -5,6 +5,8 @@ instead of reading it."""
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_MICROS = 253_402_300_799_999_999
+"""The last microsecond a datetime holds (9999-12-31T23:59:59.999999Z)."""
 
 
 def utcnow() -> datetime:

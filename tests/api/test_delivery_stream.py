@@ -14,15 +14,19 @@ from google.rpc.status_pb2 import Status
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import governance_service_pb2 as gpb
 from reckon.v1 import types_pb2
 from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import (
+    Buyer,
     M,
     assert_seed_pacing_finding,
+    plan,
     seed_payload,
     seed_seller_response,
+    ts,
 )
 
 PLAN = "streamed"
@@ -226,6 +230,34 @@ async def test_a_streamed_report_gets_the_seed_pacing_finding_in_full(api: Runni
     assert result.accepted.status == types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
     [finding] = result.accepted.findings
     assert_seed_pacing_finding(finding)
+    stream.close()
+
+
+async def test_pacing_near_the_last_representable_day_leaves_out_the_exhaustion_date(
+    api: RunningServer,
+) -> None:
+    """At this rate the budget would run out after 9999-12-31: the report still gets its
+    pacing finding, without a date (computing one failed the whole transaction)."""
+    buyer = Buyer(api, await api.register("far-future"))
+    flight = ("9990-01-01T00:00:00Z", "9999-12-31T00:00:00Z")
+    await buyer.sync(
+        plan(PLAN, 10_000_000, flight=gpb.Flight(start=ts(flight[0]), end=ts(flight[1])))
+    )
+    payload = {**seed_payload(150_000), "start_time": flight[0], "end_time": flight[1]}
+    seller = seed_seller_response(150_000, media_buy_id="mb_far")
+    seller.planned_delivery.start_time.CopyFrom(ts(flight[0]))
+    seller.planned_delivery.end_time.CopyFrom(ts(flight[1]))
+    await buyer.complete(PLAN, await buyer.check(PLAN, payload), seller)
+    first_week = report(PLAN, "mb_far", 1, 100 * M)
+    first_week.delivery.reporting_period.start.FromJsonString(flight[0])
+    first_week.delivery.reporting_period.end.FromJsonString("9990-01-08T00:00:00Z")
+    stream = RawStream(api, buyer.key, "far-future-1")
+    await stream.opened()
+    stream.send(1, [first_week])
+    [result] = (await stream.ack()).results
+    [finding] = result.accepted.findings
+    assert finding.explanation == "Spend is pacing 65% below plan."
+    assert "projected_exhaustion" not in finding.details.fields
     stream.close()
 
 

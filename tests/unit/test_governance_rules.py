@@ -149,6 +149,24 @@ def test_underpacing_warns_without_an_exhaustion_date() -> None:
     assert pacing_finding(figures, threshold_pct=60) is None
 
 
+def test_an_exhaustion_date_past_year_9999_is_left_out() -> None:
+    """Within the horizon in years, but past the last date a Timestamp can name."""
+    figures = pacing(
+        committed_micros=150_000 * M,
+        flight_start=day("9990-01-01"),
+        flight_end=day("9999-12-31"),
+        period_start=day("9990-01-01"),
+        period_end=day("9990-01-08"),
+        period_spend_micros=100 * M,
+        cumulative_spend_micros=100 * M,
+    )
+    assert figures is not None
+    assert (figures.projected_exhaustion, figures.weeks_early) == (None, None)
+    finding = pacing_finding(figures)
+    assert finding is not None
+    assert finding.explanation == "Spend is pacing 65% below plan."
+
+
 @given(
     spend=st.integers(1, 10**6), cumulative_extra=st.integers(0, 10**6), days_in=st.integers(1, 80)
 )

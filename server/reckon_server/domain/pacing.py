@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from reckon_server.clock import epoch_micros, from_epoch_micros
+from reckon_server.clock import LATEST_MICROS, epoch_micros, from_epoch_micros
 from reckon_server.domain.findings import (
     BUDGET_AUTHORITY,
     SELLER_VERIFICATION,
@@ -142,9 +142,10 @@ def _pacing(
     exhaust_after_us = (
         committed_micros * elapsed_us // cumulative_spend_micros if cumulative_spend_micros else 0
     )
-    # Spend so slow that the budget lasts past any horizon has no exhaustion date.
-    if 0 < exhaust_after_us <= _HORIZON_US:
-        exhaustion_us = flight_start_us + exhaust_after_us
+    exhaustion_us = flight_start_us + exhaust_after_us
+    # Spend so slow that the budget lasts past any horizon, or past the last day a date can
+    # name, has no exhaustion date.
+    if 0 < exhaust_after_us <= _HORIZON_US and exhaustion_us <= LATEST_MICROS:
         exhaustion = from_epoch_micros(exhaustion_us)
         weeks_early = _half_up(flight_end_us - exhaustion_us, _WEEK_US)
     return Pacing(
