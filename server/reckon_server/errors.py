@@ -8,6 +8,8 @@ Every failure a caller can act on is a `ReckonError` carrying a `Reason` (the wi
 from __future__ import annotations
 
 import enum
+import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -128,3 +130,13 @@ def not_found(reason: Reason, resource_type: str, name: str, key: str) -> Reckon
 def unavailable(reason: Reason, message: str, retry_after_seconds: float = 1.0) -> ReckonError:
     """A transient failure: nothing was written and the same call may be retried."""
     return ReckonError(reason, message, retry_after_seconds=retry_after_seconds)
+
+
+def internal(logger: logging.Logger, what: str) -> ReckonError:
+    """INTERNAL for the exception being handled: it is logged under a new incident id, and
+    the caller learns that id and nothing else."""
+    incident = uuid.uuid4().hex
+    logger.exception("%s (incident %s)", what, incident)
+    return ReckonError(
+        Reason.INTERNAL, f"internal error (incident {incident})", {"incident_id": incident}
+    )

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc.error_details_pb2 import BadRequest
 from google.rpc.status_pb2 import Status
 from grpc import aio
@@ -16,7 +18,21 @@ from grpc import aio
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import governance_service_pb2 as gpb
 from reckon.v1 import types_pb2
+from reckon_server.clock import utcnow
+from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
+from reckon_server.errors import Reason, ReckonError
+from reckon_server.storage.database import Database
+from reckon_server.storage.delivery import (
+    ApplyDeliveryBatches,
+    BatchApplied,
+    CampaignFacts,
+    ReportRules,
+    StreamBatch,
+    StreamReport,
+)
+from reckon_server.transport.governance_codec import terms_from_document
+from reckon_server.transport.servicers.delivery import _report
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
 from tests.support.governance import (
@@ -259,6 +275,66 @@ async def test_pacing_near_the_last_representable_day_leaves_out_the_exhaustion_
     assert finding.explanation == "Spend is pacing 65% below plan."
     assert "projected_exhaustion" not in finding.details.fields
     stream.close()
+
+
+FAULTY_SPEND = 13 * M
+
+
+def _rules_with_a_fault(facts: CampaignFacts) -> ReportRules:
+    """Findings rules with a fault, as a bug would be: reports of FAULTY_SPEND raise."""
+
+    def findings(report: StreamReport, cumulative_micros: int) -> list[Finding]:
+        if report.spend_micros == FAULTY_SPEND:
+            raise ArithmeticError("a fault in the rules")
+        return []
+
+    return findings
+
+
+@dataclass(frozen=True)
+class _ApplyOne:
+    """One batch's transaction, as the group committer sends it (it pickles, for SQLite's
+    writer process)."""
+
+    op: ApplyDeliveryBatches
+    batch: StreamBatch
+
+    def __call__(self, conn: sa.Connection) -> list[BatchApplied | ReckonError]:
+        return self.op.apply(conn, [self.batch])
+
+
+async def test_a_fault_in_the_findings_rules_fails_that_report_alone(api: RunningServer) -> None:
+    """Raised, it would fail every batch of the transaction, each retried into the same
+    fault; kept to its report, the rest of the batch commits and the report is INTERNAL."""
+    buyer = await committed_plan(api, "faulty", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "faulty-1")
+    opened = await stream.opened()
+    stream.close()
+    database = Database(api.database_url)
+    try:
+        async with database.read() as conn:
+            org_id, principal_id = (
+                await conn.execute(
+                    sa.text("SELECT org_id, owner_id FROM plans WHERE plan_id = :p"), {"p": PLAN}
+                )
+            ).one()
+        reports = [
+            _report(report(PLAN, "mb_1", day, spend), index)
+            for index, (day, spend) in enumerate([(15, M), (16, FAULTY_SPEND), (17, 2 * M)])
+        ]
+        batch = StreamBatch(org_id, principal_id, "faulty-1", 1, opened.next_seq, reports, utcnow())
+        op = ApplyDeliveryBatches(_rules_with_a_fault, terms_from_document)
+        [applied] = await (await database.send_batch(_ApplyOne(op, batch)))
+    finally:
+        await database.dispose()
+    assert isinstance(applied, BatchApplied)
+    first, faulty, third = applied.results
+    assert isinstance(faulty, ReckonError)
+    assert faulty.reason == Reason.INTERNAL
+    assert set(faulty.metadata) == {"incident_id"}
+    assert [type(r) for r in (first, third)] == [tuple, tuple]  # (outcome id, findings)
+    assert (await buyer.state(PLAN)).spend_micros == 3 * M
+    assert await stored_next_seq(api.database_url, "faulty-1") == opened.next_seq + 1
 
 
 async def test_reports_may_name_their_campaign_by_governance_context(api: RunningServer) -> None:

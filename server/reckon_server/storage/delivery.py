@@ -11,6 +11,7 @@ with its rows means a batch is never applied twice.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from reckon_server.clock import epoch_micros
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
-from reckon_server.errors import Reason, ReckonError, Resource, not_found
+from reckon_server.errors import Reason, ReckonError, Resource, internal, not_found
 from reckon_server.storage.governance import PLAN_SPEND
 from reckon_server.storage.schema import (
     campaigns,
@@ -35,6 +36,7 @@ from reckon_server.storage.schema import (
 )
 from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
 
+log = logging.getLogger(__name__)
 ACTIVE = 1
 _PERIOD_COLUMNS = (
     "governance_context",
@@ -374,11 +376,20 @@ class ApplyDeliveryBatches:
                     path = f"reports[{len(done.results)}].delivery.spend_micros"
                     done.results.append(past_plan_total(path, "delivered spend"))
                     continue
+                total = totals.get(context, 0) + change
+                try:
+                    findings = target.findings(report, total)
+                    document = _findings_json(findings) if findings else None
+                except Exception:
+                    # A fault in the rules fails this report alone: raised, it would fail
+                    # every batch of the transaction, each retried into the same fault.
+                    where = f"reports[{len(done.results)}] of batch {batch.seq}"
+                    failed = f"findings rules failed on {where} of stream {batch.stream_id!r}"
+                    done.results.append(internal(log, failed))
+                    continue
                 plan_spend[plan] += change
-                total = totals[context] = totals.get(context, 0) + change
+                totals[context] = total
                 periods[period] = report.spend_micros
-                findings = target.findings(report, total)
-                document = _findings_json(findings) if findings else None
                 outcome_id = next(new_ids)
                 period_rows.append(
                     (

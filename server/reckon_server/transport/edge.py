@@ -14,7 +14,6 @@ each report itself, where it reads them.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from reckon_server.domain.principals import Principal
-from reckon_server.errors import Reason, ReckonError, invalid
+from reckon_server.errors import Reason, ReckonError, internal, invalid
 from reckon_server.transport import context as call_context
 from reckon_server.transport.status import to_grpc_status
 from reckon_server.transport.text import nul_violations
@@ -180,12 +179,4 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, err: Excep
         await context.abort_with_status(to_grpc_status(err))
     if isinstance(err, NotImplementedError):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
-    incident = uuid.uuid4().hex
-    log.exception("internal error in %s (incident %s)", method, incident)
-    await context.abort_with_status(
-        to_grpc_status(
-            ReckonError(
-                Reason.INTERNAL, f"internal error (incident {incident})", {"incident_id": incident}
-            )
-        )
-    )
+    await context.abort_with_status(to_grpc_status(internal(log, f"internal error in {method}")))
