@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2, types_pb2
@@ -480,6 +481,48 @@ async def test_list_filters(api: RunningServer) -> None:
         )
     )
     assert error.reason == "ADMIN_REQUIRED"
+
+
+async def test_filters_out_of_range_are_invalid_not_internal(api: RunningServer) -> None:
+    """The wire carries any Timestamp and any enum number; the database takes neither."""
+    agent = await api.register("filters")
+    beyond = timestamp_pb2.Timestamp(seconds=253402300800)
+    where = pb.AuditEventFilter(
+        created_after=timestamp_pb2.Timestamp(nanos=-1),
+        created_before=beyond,
+        statuses=[pb.EXECUTE_STATUS_DENIED, 2**31 - 1],
+        outcome_statuses=[0],
+    )
+    expected = {
+        ("filter.created_after", "is not a valid timestamp"),
+        ("filter.created_before", "is not a valid timestamp"),
+        ("filter.statuses[1]", f"unknown status {2**31 - 1}"),
+        ("filter.outcome_statuses[0]", "unknown status 0"),
+    }
+    listed = decode(
+        await failure(
+            api.stubs.audit.ListAuditEvents(
+                pb.ListAuditEventsRequest(filter=where), metadata=bearer(agent)
+            )
+        )
+    )
+    exported = decode(
+        await failure(
+            _drain(
+                api.stubs.audit.ExportAuditTrail(
+                    pb.ExportAuditTrailRequest(filter=where), metadata=bearer(agent)
+                )
+            )
+        )
+    )
+    for error in (listed, exported):
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert set(error.violations) == expected
+
+
+async def _drain(responses: AsyncIterator[object]) -> None:
+    async for _ in responses:
+        pass
 
 
 async def test_page_tokens_are_bound_to_their_filter(api: RunningServer) -> None:

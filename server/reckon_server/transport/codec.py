@@ -10,6 +10,19 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from reckon_server.clock import EPOCH
 
 _MAX_SAFE_INT = 2**53
+MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799
+"""The range of valid Timestamp seconds (years 1 to 9999)."""
+
+
+def valid_timestamp(stamp: timestamp_pb2.Timestamp) -> bool:
+    """Whether a Timestamp is one a datetime can hold: the wire accepts any numbers."""
+    return MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 10**9
+
+
+def known_enum(enum: Any, number: int, *, allow_zero: bool = False) -> bool:
+    """Whether `number` names a value of `enum` (the wire carries any int32); UNSPECIFIED (0)
+    only when `allow_zero`."""
+    return (allow_zero or number != 0) and number in enum.DESCRIPTOR.values_by_number
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:

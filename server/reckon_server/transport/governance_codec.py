@@ -37,7 +37,12 @@ from reckon_server.services.governance import (
     PlanView,
     action_document,
 )
-from reckon_server.transport.codec import struct_to_dict, to_timestamp
+from reckon_server.transport.codec import (
+    known_enum,
+    struct_to_dict,
+    to_timestamp,
+    valid_timestamp,
+)
 
 _PLAN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{16,255}$")
@@ -45,8 +50,6 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _REGION = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 _CONTEXT = re.compile(r"^[\x20-\x7e]{1,4096}$")
-MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799
-"""The range of valid Timestamp seconds (years 1 to 9999)."""
 MAX_PLANS = 100
 HUMAN_REVIEW_CATEGORIES = frozenset(
     {"fair_housing", "fair_lending", "fair_employment", "pharmaceutical_advertising"}
@@ -62,10 +65,6 @@ def channel_name(number: int) -> str:
     if number == types_pb2.CHANNEL_UNSPECIFIED:
         raise ValueError(number)
     return types_pb2.Channel.Name(number).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
-
-
-def _enum_ok(enum: Any, number: int, *, allow_zero: bool = False) -> bool:
-    return (allow_zero or number != 0) and number in enum.DESCRIPTOR.values_by_number
 
 
 def _has(message: Message, name: str) -> bool:
@@ -96,7 +95,7 @@ def _time(
             out.append(FieldViolation(path, "required"))
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    if not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 10**9):
+    if not valid_timestamp(stamp):
         out.append(FieldViolation(path, "is not a valid timestamp"))
         return None
     return stamp.ToDatetime(tzinfo=UTC)
@@ -209,7 +208,7 @@ def _plan_sync(plan: pb.Plan, path: str, out: Violations) -> PlanSync:
         types_seen: set[int] = set()
         for j, allocation in enumerate(budget.allocations):
             where = f"{path}.budget.allocations[{j}]"
-            if not _enum_ok(types_pb2.PurchaseType, allocation.purchase_type):
+            if not known_enum(types_pb2.PurchaseType, allocation.purchase_type):
                 out.append(
                     FieldViolation(f"{where}.purchase_type", "required: a known purchase type")
                 )
@@ -222,10 +221,10 @@ def _plan_sync(plan: pb.Plan, path: str, out: Violations) -> PlanSync:
                 _pct(allocation.max_pct, f"{where}.max_pct", out)
     for name in ("required", "allowed"):
         for j, channel in enumerate(getattr(plan.channels, name)):
-            if not _enum_ok(types_pb2.Channel, channel):
+            if not known_enum(types_pb2.Channel, channel):
                 out.append(FieldViolation(f"{path}.channels.{name}[{j}]", "unknown channel"))
     for j, target in enumerate(plan.channels.mix_targets):
-        if not _enum_ok(types_pb2.Channel, target.channel):
+        if not known_enum(types_pb2.Channel, target.channel):
             out.append(
                 FieldViolation(f"{path}.channels.mix_targets[{j}].channel", "unknown channel")
             )
@@ -260,7 +259,7 @@ def _plan_sync(plan: pb.Plan, path: str, out: Violations) -> PlanSync:
         where = f"{path}.delegations[{j}]"
         if not delegation.agent_url:
             out.append(FieldViolation(f"{where}.agent_url", "required"))
-        if not _enum_ok(pb.DelegationAuthority, delegation.authority):
+        if not known_enum(pb.DelegationAuthority, delegation.authority):
             out.append(FieldViolation(f"{where}.authority", "required: a known authority"))
         if delegation.HasField("budget_limit"):
             _amount(
@@ -386,9 +385,9 @@ def validate_check(request: pb.CheckGovernanceRequest) -> CheckRequest:
                 f"required: the URL of the calling agent, at most {MAX_SELLER_CHARS} characters",
             )
         )
-    if not _enum_ok(types_pb2.PurchaseType, request.purchase_type, allow_zero=True):
+    if not known_enum(types_pb2.PurchaseType, request.purchase_type, allow_zero=True):
         out.append(FieldViolation("purchase_type", "unknown purchase type"))
-    if not _enum_ok(pb.GovernancePhase, request.phase, allow_zero=True):
+    if not known_enum(pb.GovernancePhase, request.phase, allow_zero=True):
         out.append(FieldViolation("phase", "unknown phase"))
     if request.governance_context and not _CONTEXT.match(request.governance_context):
         out.append(
@@ -536,7 +535,7 @@ def validate_outcome(request: pb.ReportPlanOutcomeRequest) -> OutcomeRequest:
     if not request.plan_id:
         out.append(FieldViolation("plan_id", "required"))
     idempotency_key(request.idempotency_key, out)
-    if not _enum_ok(types_pb2.PurchaseType, request.purchase_type, allow_zero=True):
+    if not known_enum(types_pb2.PurchaseType, request.purchase_type, allow_zero=True):
         out.append(FieldViolation("purchase_type", "unknown purchase type"))
     if request.governance_context and not _CONTEXT.match(request.governance_context):
         out.append(

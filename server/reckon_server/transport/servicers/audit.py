@@ -12,6 +12,7 @@ from reckon.v1 import audit_service_pb2 as pb
 from reckon.v1 import audit_service_pb2_grpc, types_pb2
 from reckon_server.domain.audit import parse_audit_event_id, validate_action, validate_report
 from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
+from reckon_server.errors import FieldViolation, Reason, invalid
 from reckon_server.services.audit import AuditLedger
 from reckon_server.storage.audit import (
     AuditRecord,
@@ -22,9 +23,11 @@ from reckon_server.storage.audit import (
 from reckon_server.transport.codec import (
     dict_to_struct,
     from_timestamp,
+    known_enum,
     python_to_value,
     struct_to_dict,
     to_timestamp,
+    valid_timestamp,
 )
 from reckon_server.transport.context import current_principal
 
@@ -123,6 +126,19 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
 
 
 def _filter(message: pb.AuditEventFilter) -> EventFilter:
+    out: list[FieldViolation] = []
+    for name in ("created_after", "created_before"):
+        if message.HasField(name) and not valid_timestamp(getattr(message, name)):
+            out.append(FieldViolation(f"filter.{name}", "is not a valid timestamp"))
+    for name, enum in (
+        ("statuses", pb.ExecuteStatus),
+        ("outcome_statuses", types_pb2.OutcomeStatus),
+    ):
+        for i, number in enumerate(getattr(message, name)):
+            if not known_enum(enum, number):
+                out.append(FieldViolation(f"filter.{name}[{i}]", f"unknown status {number}"))
+    if out:
+        raise invalid(Reason.INVALID_REQUEST, out)
     return EventFilter(
         agent_name=message.agent_name or None,
         action_glob=message.action_type or None,

@@ -26,11 +26,9 @@ from reckon_server.storage.delivery import (
     fenced,
     sequence_gap,
 )
-from reckon_server.transport.codec import to_timestamp
+from reckon_server.transport.codec import MAX_SECONDS, MIN_SECONDS, to_timestamp
 from reckon_server.transport.context import current_principal
 from reckon_server.transport.governance_codec import (
-    MAX_SECONDS,
-    MIN_SECONDS,
     delivery_figures,
     encode_plan_state,
     encode_stored_finding,
