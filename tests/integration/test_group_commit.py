@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from reckon_server.errors import Reason, ReckonError
 from reckon_server.storage.database import Database
 from reckon_server.storage.group_commit import GroupCommitter
 
@@ -50,6 +51,41 @@ async def test_under_concurrency_later_writes_join_the_next_transaction(
         second = await committer.submit(op, "d")
         assert await first == second == ("c", "d")
         assert committer.batches == 2
+    finally:
+        await committer.close()
+
+
+class FailsOn:
+    """Raises, as a fault would, in any transaction that holds `poison`; answers each other
+    item with the number of items its transaction held."""
+
+    pipelined = False
+
+    def __init__(self, poison: str) -> None:
+        self.poison = poison
+
+    def apply(self, conn: sa.Connection, items: Sequence[str]) -> list[tuple[str, int]]:
+        conn.exec_driver_sql("SELECT 1")
+        if self.poison in items:
+            raise ArithmeticError(f"cannot take {self.poison}")
+        return [(item, len(items)) for item in items]
+
+
+async def test_an_item_its_transaction_cannot_take_fails_alone(database: Database) -> None:
+    committer = GroupCommitter(database, linger_seconds=0.5)
+    op = FailsOn("poison")
+    try:
+        results = await asyncio.gather(
+            *(committer.submit(op, item) for item in ("a", "poison", "b")),
+            return_exceptions=True,
+        )
+        # The three shared a transaction, which failed; then each was applied alone.
+        assert results[0] == ("a", 1)
+        assert results[2] == ("b", 1)
+        assert isinstance(results[1], ReckonError)
+        assert results[1].reason == Reason.STORAGE_UNAVAILABLE
+        assert committer.batches == 2
+        assert await committer.submit(op, "c") == ("c", 1)
     finally:
         await committer.close()
 

@@ -3,8 +3,10 @@
 Callers submit an item to a `BatchOp`; the writer drains everything queued, applies each op
 once to all of its items inside a single transaction, commits, and only then resolves every
 caller. An op returns a result or a ReckonError per item (expected refusals, decided before
-anything is written); if the transaction itself fails, every item of the batch gets that
-failure and none of their rows remain. Ops are synchronous code run by
+anything is written); if the transaction itself fails, none of their rows remain, and every
+item of the batch gets that failure when storage is out. When it failed for another reason,
+most likely one item it could not take, each item is applied again in a transaction of its
+own, so that such an item fails alone. Ops are synchronous code run by
 `Database.send_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
 items and results travel pickled to the writer process and back, and a batch of heavy items
 (`BatchOp.pipelined`) is sent while the writer still commits the previous one (transactions
@@ -148,6 +150,14 @@ class GroupCommitter:
         self._sent.add(settling)
         settling.add_done_callback(self._sent.discard)
 
+    async def _apply_alone(self, pending: _Pending[Any, Any]) -> None:
+        try:
+            committed = await self._database.send_batch(_ApplyAll([(pending.op, [pending.item])]))
+        except ReckonError as err:
+            _fail([pending], err)
+            return
+        await self._settle([[pending]], committed)
+
     async def _settle(
         self, groups: list[list[_Pending[Any, Any]]], committed: Awaitable[list[Sequence[Any]]]
     ) -> None:
@@ -162,9 +172,21 @@ class GroupCommitter:
             raise
         except Exception:
             log.exception("group commit of %d items failed", len(batch))
-            _fail(
-                batch, unavailable(Reason.STORAGE_UNAVAILABLE, "the write could not be committed")
-            )
+            if len(batch) == 1:
+                _fail(
+                    batch,
+                    unavailable(Reason.STORAGE_UNAVAILABLE, "the write could not be committed"),
+                )
+                return
+            # Not an outage (those arrive as ReckonErrors): most likely one item that its
+            # transaction cannot take. Each item is applied again on its own, in order, so
+            # that only such an item fails, not everything that shared its transaction.
+            try:
+                for pending in batch:
+                    await self._apply_alone(pending)
+            except asyncio.CancelledError:
+                _fail(batch, unavailable(Reason.DRAINING, "the server is shutting down"))
+                raise
             return
         self.batches += 1
         outcomes = (
