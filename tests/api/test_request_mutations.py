@@ -139,7 +139,7 @@ def _mutated(base: Message, path: tuple[FieldDescriptor, ...], value: Any) -> Me
     return message
 
 
-Call = Callable[[Message], Any]
+Metadata = tuple[tuple[str, str], ...]
 Fresh = Callable[[], Awaitable[Message]]
 
 
@@ -158,18 +158,20 @@ async def _outcome(call: Any) -> grpc.StatusCode:
 
 
 async def _mutate_all(
-    name: str, send: Call, base: Message, fresh: Fresh | None = None
+    method: Any, metadata: Metadata, base: Message, fresh: Fresh | None = None
 ) -> list[str]:
+    """Faults of `method` called with each mutation of `base` (or of a `fresh()` request each
+    time, for requests that can be used once)."""
     faults = []
     for path in _fields(base.DESCRIPTOR):
         for value in _values(path[-1]):
             message = _mutated(await fresh() if fresh else base, path, value)
             if message is None:
                 continue
-            code = await _outcome(send(message))
+            code = await _outcome(method(message, metadata=metadata, timeout=10))
             if code in FAULTS:
                 field = ".".join(f.name for f in path)
-                faults.append(f"{name} {field}={str(value)[:40]!r}: {code.name}")
+                faults.append(f"{type(base).__name__} {field}={str(value)[:40]!r}: {code.name}")
     return faults
 
 
@@ -218,16 +220,16 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
             outcome=audit_pb.Outcome(status=1, message="ok", metadata=struct({"rows": 1})),
         )
 
-    cases: list[tuple[str, Call, Message, Fresh | None]] = [
+    cases: list[tuple[Any, Metadata, Message, Fresh | None]] = [
         (
-            "SyncPlans",
-            lambda m: governance.SyncPlans(m, metadata=agent),
+            governance.SyncPlans,
+            agent,
             pb.SyncPlansRequest(idempotency_key="mutated-sync-000001", plans=[plan("q", 1_000)]),
             None,
         ),
         (
-            "CheckGovernance",
-            lambda m: governance.CheckGovernance(m, metadata=agent),
+            governance.CheckGovernance,
+            agent,
             pb.CheckGovernanceRequest(
                 plan_id="p",
                 caller="https://buyer.example",
@@ -237,8 +239,8 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
             None,
         ),
         (
-            "CheckGovernance(execution)",
-            lambda m: governance.CheckGovernance(m, metadata=agent),
+            governance.CheckGovernance,
+            agent,
             pb.CheckGovernanceRequest(
                 plan_id="p",
                 caller="https://seller.example",
@@ -246,33 +248,18 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
             ),
             None,
         ),
+        (governance.ReportPlanOutcome, agent, await completion(), completion),
+        (governance.ReportPlanOutcome, agent, await delivery(), delivery),
+        (governance.GetPlan, agent, pb.GetPlanRequest(plan_id="p"), None),
         (
-            "ReportPlanOutcome(completed)",
-            lambda m: governance.ReportPlanOutcome(m, metadata=agent),
-            await completion(),
-            completion,
-        ),
-        (
-            "ReportPlanOutcome(delivery)",
-            lambda m: governance.ReportPlanOutcome(m, metadata=agent),
-            await delivery(),
-            delivery,
-        ),
-        (
-            "GetPlan",
-            lambda m: governance.GetPlan(m, metadata=agent),
-            pb.GetPlanRequest(plan_id="p"),
-            None,
-        ),
-        (
-            "GetPlanAuditLogs",
-            lambda m: governance.GetPlanAuditLogs(m, metadata=agent),
+            governance.GetPlanAuditLogs,
+            agent,
             pb.GetPlanAuditLogsRequest(plan_ids=["p"], include_entries=True),
             None,
         ),
         (
-            "Execute",
-            lambda m: audit.Execute(m, metadata=agent),
+            audit.Execute,
+            agent,
             audit_pb.ExecuteRequest(
                 action_type="db.migrate",
                 metadata=struct({"a": 1}),
@@ -281,10 +268,10 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
             ),
             None,
         ),
-        ("Report", lambda m: audit.Report(m, metadata=agent), await report(), report),
+        (audit.Report, agent, await report(), report),
         (
-            "GetAuditEvent",
-            lambda m: audit.GetAuditEvent(m, metadata=agent),
+            audit.GetAuditEvent,
+            agent,
             audit_pb.GetAuditEventRequest(
                 audit_event_id=(await report()).audit_event_id,  # type: ignore[attr-defined]
                 include_history=True,
@@ -292,58 +279,38 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
             None,
         ),
         (
-            "WatchApproval",
-            lambda m: audit.WatchApproval(m, metadata=agent, timeout=2),
+            audit.WatchApproval,
+            agent,
             audit_pb.WatchApprovalRequest(approval_id="00000000-0000-0000-0000-000000000000"),
             None,
         ),
+        (audit.ListAuditEvents, agent, audit_pb.ListAuditEventsRequest(page_size=10), None),
+        (audit.ExportAuditTrail, admin, audit_pb.ExportAuditTrailRequest(), None),
+        (api.stubs.delivery.WatchPlan, agent, delivery_pb.WatchPlanRequest(plan_id="p"), None),
         (
-            "ListAuditEvents",
-            lambda m: audit.ListAuditEvents(m, metadata=agent),
-            audit_pb.ListAuditEventsRequest(page_size=10),
-            None,
-        ),
-        (
-            "ExportAuditTrail",
-            lambda m: audit.ExportAuditTrail(m, metadata=admin),
-            audit_pb.ExportAuditTrailRequest(),
-            None,
-        ),
-        (
-            "WatchPlan",
-            lambda m: api.stubs.delivery.WatchPlan(m, metadata=agent, timeout=2),
-            delivery_pb.WatchPlanRequest(plan_id="p"),
-            None,
-        ),
-        (
-            "RegisterAgent",
-            lambda m: api.stubs.admin.RegisterAgent(m, metadata=admin),
+            api.stubs.admin.RegisterAgent,
+            admin,
             admin_pb.RegisterAgentRequest(name="mutated-agent"),
             None,
         ),
+        (api.stubs.admin.ListAgents, admin, admin_pb.ListAgentsRequest(page_size=5), None),
         (
-            "ListAgents",
-            lambda m: api.stubs.admin.ListAgents(m, metadata=admin),
-            admin_pb.ListAgentsRequest(page_size=5),
-            None,
-        ),
-        (
-            "SetPlanStatus",
-            lambda m: api.stubs.admin.SetPlanStatus(m, metadata=admin),
+            api.stubs.admin.SetPlanStatus,
+            admin,
             admin_pb.SetPlanStatusRequest(
                 plan_id="q", status=types_pb2.PLAN_STATUS_ACTIVE, reason="review"
             ),
             None,
         ),
         (
-            "RevokeKey",
-            lambda m: api.stubs.admin.RevokeKey(m, metadata=admin),
+            api.stubs.admin.RevokeKey,
+            admin,
             admin_pb.RevokeKeyRequest(key_id="key_that_does_not_exist"),
             None,
         ),
         (
-            "ResolveApproval",
-            lambda m: api.stubs.admin.ResolveApproval(m, metadata=admin),
+            api.stubs.admin.ResolveApproval,
+            admin,
             admin_pb.ResolveApprovalRequest(
                 approval_id="00000000-0000-0000-0000-000000000000", decision=1, note="n"
             ),
@@ -351,8 +318,8 @@ async def test_no_request_field_value_makes_the_server_fault(api: RunningServer)
         ),
     ]
     faults = []
-    for name, send, base, fresh in cases:
-        faults += await _mutate_all(name, send, base, fresh)
+    for method, metadata, base, fresh in cases:
+        faults += await _mutate_all(method, metadata, base, fresh)
     assert faults == []
 
 
