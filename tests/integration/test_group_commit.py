@@ -83,7 +83,8 @@ async def test_an_item_its_transaction_cannot_take_fails_alone(database: Databas
         assert results[0] == ("a", 1)
         assert results[2] == ("b", 1)
         assert isinstance(results[1], ReckonError)
-        assert results[1].reason == Reason.STORAGE_UNAVAILABLE
+        assert results[1].reason == Reason.INTERNAL
+        assert set(results[1].metadata) == {"incident_id"}
         assert committer.batches == 2
         assert await committer.submit(op, "c") == ("c", 1)
     finally:

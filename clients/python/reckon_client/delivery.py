@@ -18,15 +18,14 @@ from reckon_client.errors import ReckonError
 
 log = logging.getLogger(__name__)
 AckHandler = Callable[[pb.BatchAck], None]
-_RETRYABLE = {
+_TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
 }
+_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 
 class DeliveryStreamer:
@@ -35,6 +34,11 @@ class DeliveryStreamer:
     re-sends exactly the batches not yet committed. Every batch is acknowledged once, through
     `on_ack`, with its per-report results (a batch committed just before a disconnect is
     acknowledged without results: its ack was lost, its rows are not).
+
+    A failure the server classified (the `recovery` of its ErrorInfo) is retried when it is
+    transient and fails the streamer otherwise. One that only the transport saw is retried when
+    it is of a passing kind; `INTERNAL` and `UNKNOWN` at most `max_faults` times in a row
+    without a batch acknowledged in between, as one that keeps coming back would forever.
 
         async with DeliveryStreamer(reckon.delivery, "producer-1") as streamer:
             for report in reports:
@@ -51,6 +55,7 @@ class DeliveryStreamer:
         on_ack: AckHandler | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         metadata: tuple[tuple[str, str], ...] = (),
+        max_faults: int = 3,
     ) -> None:
         self._stub = stub
         self._stream_id = stream_id
@@ -59,6 +64,7 @@ class DeliveryStreamer:
         self._on_ack = on_ack
         self._backoff = backoff
         self._metadata = metadata
+        self._max_faults = max_faults
         self._pending: list[pb.PlanDelivery] = []
         self._unacked: OrderedDict[int, pb.DeliveryBatch] = OrderedDict()
         self._next_seq: int | None = None
@@ -66,6 +72,7 @@ class DeliveryStreamer:
         self._changed = asyncio.Condition()
         self._runner: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._acks = 0
         self.reconnects = 0
 
     async def __aenter__(self) -> DeliveryStreamer:
@@ -127,23 +134,32 @@ class DeliveryStreamer:
             raise self._failure
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt = faults = 0
         while True:
+            acks_before = self._acks
+            lost: aio.AioRpcError | None = None
             try:
                 await self._connect()
-                attempt = 0
-                continue
             except aio.AioRpcError as err:
-                if err.code() not in _RETRYABLE:
-                    await self._fail(ReckonError.from_rpc_error(err) or err)
-                    return
-                cause = err.code().name
+                lost = err
             except asyncio.InvalidStateError:
-                # grpc reports a call that died before we wrote to it this way.
-                cause = "call closed"
+                pass  # grpc reports a call that died before we wrote to it this way
+            except ReckonError as err:
+                await self._fail(err)
+                return
             except Exception as err:
                 await self._fail(err)
                 raise
+            if self._acks > acks_before:
+                attempt = faults = 0
+            if lost is not None:
+                decoded = ReckonError.from_rpc_error(lost)
+                faults += decoded is None and lost.code() in _FAULTS
+                retryable = decoded.transient if decoded else lost.code() in _TRANSIENT | _FAULTS
+                if not retryable or faults > self._max_faults:
+                    await self._fail(decoded or lost)
+                    return
+            cause = "call closed" if lost is None else lost.code().name
             attempt += 1
             self.reconnects += 1
             low, high = self._backoff
@@ -185,6 +201,11 @@ class DeliveryStreamer:
                     )
                 ack = response.ack
                 if ack.disposition == pb.BATCH_DISPOSITION_REJECTED:
+                    if ack.error.code != grpc.StatusCode.OUT_OF_RANGE.value[0]:
+                        # Not a gap, which a reconnect resolves: the batch itself is refused.
+                        raise ReckonError.from_status(ack.error) or ReckonError(
+                            grpc.StatusCode.INVALID_ARGUMENT, 0, "UNSPECIFIED", ack.error.message
+                        )
                     raise aio.AioRpcError(
                         grpc.StatusCode.ABORTED,
                         aio.Metadata(),
@@ -203,6 +224,7 @@ class DeliveryStreamer:
     def _acknowledge(self, ack: pb.BatchAck) -> None:
         if self._unacked.pop(ack.seq, None) is None:
             return
+        self._acks += 1
         if self._on_ack is not None:
             self._on_ack(ack)
 

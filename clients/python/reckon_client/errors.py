@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from reckon.v1 import error_reason_pb2
@@ -38,8 +38,12 @@ class ReckonError(Exception):
         """Decode a failed call; None when it carries no Reckon ErrorInfo (e.g. a transport
         failure before the server answered)."""
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        if status is None:
-            return None
+        return None if status is None else cls.from_status(status)
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> ReckonError | None:
+        """Decode a `google.rpc.Status`, as a failed call carries it or as a stream's per-batch
+        and per-report results do; None when it holds no Reckon ErrorInfo."""
         decoded: ReckonError | None = None
         violations: list[tuple[str, str]] = []
         retry_after = None
@@ -51,7 +55,7 @@ class ReckonError(Exception):
                     values = error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name
                     known = values.get("ERROR_REASON_" + info.reason)
                     decoded = cls(
-                        code=error.code(),
+                        code=_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
                         reason=known.number if known else 0,
                         reason_name=info.reason,
                         message=status.message,
@@ -69,3 +73,6 @@ class ReckonError(Exception):
             decoded.violations = violations
             decoded.retry_after = retry_after
         return decoded
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}

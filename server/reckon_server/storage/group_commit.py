@@ -6,11 +6,12 @@ caller. An op returns a result or a ReckonError per item (expected refusals, dec
 anything is written); if the transaction itself fails, none of their rows remain, and every
 item of the batch gets that failure when storage is out. When it failed for another reason,
 most likely one item it could not take, each item is applied again in a transaction of its
-own, so that such an item fails alone. Ops are synchronous code run by
-`Database.send_batch`, so a whole batch costs the event loop one hand-off; on SQLite ops,
-items and results travel pickled to the writer process and back, and a batch of heavy items
-(`BatchOp.pipelined`) is sent while the writer still commits the previous one (transactions
-still apply one after another, in the order they were sent).
+own, so that such an item fails alone, as INTERNAL: it would fail the same way however often
+it was retried. Ops are synchronous code run by `Database.send_batch`, so a whole batch costs
+the event loop one hand-off; on SQLite ops, items and results travel pickled to the writer
+process and back, and a batch of heavy items (`BatchOp.pipelined`) is sent while the writer
+still commits the previous one (transactions still apply one after another, in the order
+they were sent).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from reckon_server.errors import Reason, ReckonError, unavailable
+from reckon_server.errors import Reason, ReckonError, internal, unavailable
 from reckon_server.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,12 @@ class GroupCommitter:
             _fail(batch, unavailable(Reason.DRAINING, "the server is shutting down"))
             raise
         except Exception:
-            log.exception("group commit of %d items failed", len(batch))
             if len(batch) == 1:
-                _fail(
-                    batch,
-                    unavailable(Reason.STORAGE_UNAVAILABLE, "the write could not be committed"),
-                )
+                # Not an outage, and alone: retrying would meet the same fault, so the caller
+                # learns it is the server's (with an incident id), not that it may retry.
+                _fail(batch, internal(log, "a write failed on its own"))
                 return
+            log.exception("group commit of %d items failed", len(batch))
             # Not an outage (those arrive as ReckonErrors): most likely one item that its
             # transaction cannot take. Each item is applied again on its own, in order, so
             # that only such an item fails, not everything that shared its transaction.

@@ -1,0 +1,145 @@
+"""Which failures DeliveryStreamer rides out and which it raises: a failure the server
+classifies as terminal, a batch the server refuses, and a fault that only the transport saw,
+which is retried a bounded number of times."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc import aio
+
+from reckon.v1 import delivery_service_pb2 as pb
+from reckon.v1 import delivery_service_pb2_grpc as pb_grpc
+from reckon_client import DeliveryStreamer, Reckon
+from reckon_client.errors import ReckonError
+from reckon_server.storage.database import Database
+from tests.support.api import RunningServer
+from tests.support.delivery import committed_plan, report, stored_next_seq
+from tests.support.governance import M
+
+PLAN = "streamed"
+
+
+REFUSED_SPEND = 17 * M
+
+
+async def _storage_refuses_periods_of(database_url: str, spend_micros: int) -> None:
+    """A trigger that fails every transaction writing a period of `spend_micros`: a fault of
+    storage's own, met again each time the batch is tried."""
+    database = Database(database_url)
+    try:
+        async with database.write() as conn:
+            if database.is_sqlite:
+                await conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON delivery_periods"
+                    f" WHEN NEW.spend_micros = {spend_micros}"
+                    " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            else:
+                await conn.exec_driver_sql(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    f" IF NEW.spend_micros = {spend_micros} THEN RAISE EXCEPTION 'refused';"
+                    " END IF; RETURN NEW; END $$"
+                )
+                await conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON delivery_periods"
+                    " FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+    finally:
+        await database.dispose()
+
+
+async def test_a_batch_storage_always_refuses_ends_the_streamer_with_internal(
+    api: RunningServer,
+) -> None:
+    """Retried, it would hold the producer forever: the batch fails INTERNAL, a terminal
+    failure, and the streamer fails with its incident id instead of reconnecting."""
+    buyer = await committed_plan(api, "refused", PLAN, {"mb_1": 150_000})
+    await _storage_refuses_periods_of(api.database_url, REFUSED_SPEND)
+    acked: list[int] = []
+    async with Reckon(api.target, buyer.key) as reckon:
+        streamer = DeliveryStreamer(
+            reckon.delivery,
+            "refused-1",
+            batch_size=2,
+            on_ack=lambda ack: acked.append(ack.seq),
+        )
+        await streamer.start()
+        for day, spend in [(15, M), (16, 2 * M), (17, REFUSED_SPEND), (18, M)]:
+            await streamer.add(report(PLAN, "mb_1", day, spend))
+        with pytest.raises(ReckonError) as refused:
+            await asyncio.wait_for(streamer.flush(), 30)
+        await streamer.close()
+    assert (refused.value.code, refused.value.reason_name) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert refused.value.metadata["recovery"] == "terminal"
+    assert refused.value.metadata["incident_id"]
+    assert (streamer.reconnects, acked) == (0, [1])
+    assert await stored_next_seq(api.database_url, "refused-1") == 2
+    with pytest.raises(aio.AioRpcError) as unary:
+        await buyer.deliver(
+            PLAN, "mb_1", "2026-03-17T00:00:00Z", "2026-03-18T00:00:00Z", REFUSED_SPEND
+        )
+    assert unary.value.code() == grpc.StatusCode.INTERNAL
+    assert (await buyer.state(PLAN)).spend_micros == 3 * M
+
+
+async def test_a_batch_larger_than_the_server_takes_fails_the_streamer(
+    api: RunningServer,
+) -> None:
+    buyer = await committed_plan(api, "oversized", PLAN, {"mb_1": 150_000})
+    async with Reckon(api.target, buyer.key) as reckon:
+        streamer = DeliveryStreamer(reckon.delivery, "oversized-1", batch_size=1001)
+        await streamer.start()
+        for minute in range(1001):
+            await streamer.add(report(PLAN, "mb_1", 15, minute))
+        with pytest.raises(ReckonError) as refused:
+            await asyncio.wait_for(streamer.flush(), 30)
+        await streamer.close()
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.violations == [("batch.reports", "must hold 1..1000 reports")]
+    assert streamer.reconnects == 0
+    assert await stored_next_seq(api.database_url, "oversized-1") == 1
+
+
+class AlwaysFaulty(pb_grpc.DeliveryServiceServicer):
+    """Ends every stream INTERNAL with no ErrorInfo, as a transport failure arrives."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def StreamDelivery(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[pb.StreamDeliveryRequest],
+        context: aio.ServicerContext,
+    ) -> None:
+        self.streams += 1
+        await context.abort(grpc.StatusCode.INTERNAL, "lost in transit")
+
+
+async def test_a_fault_only_the_transport_saw_is_retried_max_faults_times() -> None:
+    faulty = AlwaysFaulty()
+    server = aio.server()
+    pb_grpc.add_DeliveryServiceServicer_to_server(faulty, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            streamer = DeliveryStreamer(
+                pb_grpc.DeliveryServiceStub(channel),
+                "faulty-1",
+                backoff=(0.01, 0.02),
+                max_faults=2,
+            )
+            with pytest.raises(aio.AioRpcError) as lost:
+                await asyncio.wait_for(streamer.start(), 30)
+            await streamer.close()
+    finally:
+        await server.stop(None)
+    assert (lost.value.code(), lost.value.details()) == (
+        grpc.StatusCode.INTERNAL,
+        "lost in transit",
+    )
+    assert (faulty.streams, streamer.reconnects) == (3, 2)
