@@ -412,8 +412,6 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         for seq in range(1, 61):
             stream.send(seq, big)
         await asyncio.sleep(3)
-        # The server read at most its window plus what transport buffers hold; it did not
-        # buffer two hundred batches in memory.
         # It stopped reading: what it committed is its window plus the acks transport
         # buffers hold, far below the 60 batches offered.
         committed = await stored_next_seq(api.database_url, "greedy-1") - 1
@@ -423,3 +421,28 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         stream.close()
     finally:
         await api.close()
+
+
+async def test_streams_that_go_away_leave_nothing_behind_on_the_server(
+    api: RunningServer,
+) -> None:
+    """A long-lived server sees many producers come and go: each disconnect must release
+    what its stream waited on, or every one of them leaves tasks behind until shutdown."""
+    buyer = await committed_plan(api, "fleeting", PLAN, {"mb_1": 150_000})
+
+    async def open_and_drop(n: int) -> None:
+        stream = RawStream(api, buyer.key, f"fleeting-{n}")
+        await stream.opened()
+        stream.close()
+        stream.call.cancel()
+
+    async def settled_tasks() -> int:
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+        return len(asyncio.all_tasks())
+
+    await open_and_drop(0)
+    before = await settled_tasks()
+    for n in range(1, 21):
+        await open_and_drop(n)
+    assert await settled_tasks() <= before

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -137,29 +137,24 @@ class DeliveryStreamer:
         attempt = faults = 0
         while True:
             acks_before = self._acks
-            lost: aio.AioRpcError | None = None
             try:
                 await self._connect()
-            except aio.AioRpcError as err:
-                lost = err
-            except asyncio.InvalidStateError:
-                pass  # grpc reports a call that died before we wrote to it this way
-            except ReckonError as err:
-                await self._fail(err)
-                return
-            except Exception as err:
-                await self._fail(err)
-                raise
-            if self._acks > acks_before:
-                attempt = faults = 0
-            if lost is not None:
+            except aio.AioRpcError as lost:
+                if self._acks > acks_before:
+                    attempt = faults = 0
                 decoded = ReckonError.from_rpc_error(lost)
                 faults += decoded is None and lost.code() in _FAULTS
                 retryable = decoded.transient if decoded else lost.code() in _TRANSIENT | _FAULTS
                 if not retryable or faults > self._max_faults:
                     await self._fail(decoded or lost)
                     return
-            cause = "call closed" if lost is None else lost.code().name
+                cause = lost.code().name
+            except ReckonError as refused:
+                await self._fail(refused)
+                return
+            except Exception as err:
+                await self._fail(err)
+                raise
             attempt += 1
             self.reconnects += 1
             low, high = self._backoff
@@ -175,51 +170,66 @@ class DeliveryStreamer:
             self._changed.notify_all()
 
     async def _connect(self) -> None:
-        call = self._stub.StreamDelivery(metadata=self._metadata)
-        await call.write(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=self._stream_id)))
-        opened = (await call.read()).opened
-        async with self._changed:
-            for seq in [s for s in self._unacked if s < opened.next_seq]:
-                # Committed before the last connection dropped; its ack was lost.
-                self._acknowledge(
-                    pb.BatchAck(
-                        seq=seq,
-                        disposition=pb.BATCH_DISPOSITION_COMMITTED,
-                        next_seq=opened.next_seq,
-                    )
-                )
-            if self._next_seq is None or self._next_seq < opened.next_seq:
-                self._next_seq = opened.next_seq
-            self._changed.notify_all()
-        sender = asyncio.ensure_future(self._send(call, opened.next_seq))
+        # Requests go through a queue that ends with the connection rather than through
+        # `call.write`: on a channel with interceptors, grpc forwards writes with a task of its
+        # own, which would wait forever once the call is cancelled.
+        outbox: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue(maxsize=1)
+        outbox.put_nowait(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=self._stream_id)))
+        call = self._stub.StreamDelivery(_until_none(outbox), metadata=self._metadata)
+        sender: asyncio.Future[None] | None = None
         try:
-            while True:
-                response = await call.read()
-                if response is aio.EOF:
-                    raise aio.AioRpcError(
-                        grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "stream ended"
-                    )
-                ack = response.ack
-                if ack.disposition == pb.BATCH_DISPOSITION_REJECTED:
-                    if ack.error.code != grpc.StatusCode.OUT_OF_RANGE.value[0]:
-                        # Not a gap, which a reconnect resolves: the batch itself is refused.
-                        raise ReckonError.from_status(ack.error) or ReckonError(
-                            grpc.StatusCode.INVALID_ARGUMENT, 0, "UNSPECIFIED", ack.error.message
+            opened = (await call.read()).opened
+            async with self._changed:
+                for seq in [s for s in self._unacked if s < opened.next_seq]:
+                    # Committed before the last connection dropped; its ack was lost.
+                    self._acknowledge(
+                        pb.BatchAck(
+                            seq=seq,
+                            disposition=pb.BATCH_DISPOSITION_COMMITTED,
+                            next_seq=opened.next_seq,
                         )
-                    raise aio.AioRpcError(
-                        grpc.StatusCode.ABORTED,
-                        aio.Metadata(),
-                        aio.Metadata(),
-                        f"batch {ack.seq} rejected: {ack.error.message}",
                     )
+                if self._next_seq is None or self._next_seq < opened.next_seq:
+                    self._next_seq = opened.next_seq
+                self._changed.notify_all()
+            sender = asyncio.ensure_future(self._send(outbox, opened.next_seq))
+            while True:
+                self._check(response := await call.read())
                 async with self._changed:
-                    self._acknowledge(ack)
+                    self._acknowledge(response.ack)
                     self._changed.notify_all()
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+            while not outbox.empty():
+                outbox.get_nowait()
+            outbox.put_nowait(None)
             call.cancel()
+
+    @staticmethod
+    def _check(response: Any) -> None:
+        """Raise for a response that ends the connection: the stream's end, or a batch the
+        server rejected."""
+        if response is aio.EOF:
+            raise aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "stream ended"
+            )
+        ack = response.ack
+        if ack.disposition != pb.BATCH_DISPOSITION_REJECTED:
+            return
+        if ack.error.code != grpc.StatusCode.OUT_OF_RANGE.value[0]:
+            # Not a gap, which a reconnect resolves: the batch itself is refused.
+            raise ReckonError.from_status(ack.error) or ReckonError(
+                grpc.StatusCode.INVALID_ARGUMENT, 0, "UNSPECIFIED", ack.error.message
+            )
+        raise aio.AioRpcError(
+            grpc.StatusCode.ABORTED,
+            aio.Metadata(),
+            aio.Metadata(),
+            f"batch {ack.seq} rejected: {ack.error.message}",
+        )
 
     def _acknowledge(self, ack: pb.BatchAck) -> None:
         if self._unacked.pop(ack.seq, None) is None:
@@ -228,15 +238,24 @@ class DeliveryStreamer:
         if self._on_ack is not None:
             self._on_ack(ack)
 
-    async def _send(self, call: Any, first_seq: int) -> None:
-        """Write every un-acked batch from `first_seq` on, in order, as they are sealed."""
+    async def _send(
+        self, outbox: asyncio.Queue[pb.StreamDeliveryRequest | None], first_seq: int
+    ) -> None:
+        """Send every un-acked batch from `first_seq` on, in order, as they are sealed."""
         seq = first_seq
         while True:
             batch = await self._sealed(seq)
-            await call.write(pb.StreamDeliveryRequest(batch=batch))
+            await outbox.put(pb.StreamDeliveryRequest(batch=batch))
             seq += 1
 
     async def _sealed(self, seq: int) -> pb.DeliveryBatch:
         async with self._changed:
             await self._changed.wait_for(lambda: seq in self._unacked)
             return self._unacked[seq]
+
+
+async def _until_none(
+    outbox: asyncio.Queue[pb.StreamDeliveryRequest | None],
+) -> AsyncIterator[pb.StreamDeliveryRequest]:
+    while (request := await outbox.get()) is not None:
+        yield request

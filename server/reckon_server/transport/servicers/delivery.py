@@ -297,9 +297,13 @@ async def _first_of(item: Awaitable[Any], fenced: Awaitable[Any], draining: Awai
         asyncio.ensure_future(fenced): _FENCED,
         asyncio.ensure_future(draining): _DRAINING,
     }
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when the stream is cancelled meanwhile: the server-wide drain event would
+        # otherwise hold a waiter of every stream that went away, for the server's lifetime.
+        for task in tasks:
+            task.cancel()
     for task, marker in tasks.items():
         if task in done and marker is None:
             return task.result()
