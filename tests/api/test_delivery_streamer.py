@@ -143,3 +143,39 @@ async def test_a_fault_only_the_transport_saw_is_retried_max_faults_times() -> N
         "lost in transit",
     )
     assert (faulty.streams, streamer.reconnects) == (3, 2)
+
+
+async def test_reconnects_leave_no_task_behind(database_url: str) -> None:
+    """Through the client's interceptors, as producers use it: a connection the server ended
+    (here, idle) is over on both sides once the streamer has reconnected, and a closed
+    streamer's last connection too, so a long-lived producer does not accumulate them."""
+    api = await RunningServer.start(database_url, stream_idle_seconds=0.1)
+    try:
+        buyer = await committed_plan(api, "idler", PLAN, {"mb_1": 150_000})
+        async with Reckon(api.target, buyer.key) as reckon:
+
+            async def stream_idly(run: int) -> int:
+                streamer = DeliveryStreamer(
+                    reckon.delivery, f"idler-{run}", batch_size=2, backoff=(0.01, 0.02)
+                )
+                await streamer.start()
+                for day in (15, 16, 17):
+                    await streamer.add(report(PLAN, "mb_1", day, M))
+                await streamer.flush()
+                await asyncio.sleep(0.5)
+                await streamer.close()
+                return streamer.reconnects
+
+            await stream_idly(0)  # starts what the server keeps for every stream
+            before = await _settled_task_count()
+            reconnects = [await stream_idly(run) for run in range(1, 4)]
+            assert await _settled_task_count() <= before
+        assert min(reconnects) >= 2
+    finally:
+        await api.close()
+
+
+async def _settled_task_count() -> int:
+    for _ in range(25):
+        await asyncio.sleep(0.02)
+    return len(asyncio.all_tasks())
