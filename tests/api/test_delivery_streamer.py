@@ -1,6 +1,6 @@
 """Which failures DeliveryStreamer rides out and which it raises: a failure the server
 classifies as terminal, a batch the server refuses, and a fault that only the transport saw,
-which is retried a bounded number of times."""
+which is retried a bounded number of times. Also: reconnects leave nothing behind."""
 
 from __future__ import annotations
 
