@@ -172,7 +172,7 @@ class DeliveryStreamer:
     async def _connect(self) -> None:
         # Requests go through a queue that ends with the connection rather than through
         # `call.write`: on a channel with interceptors, grpc forwards writes with a task of its
-        # own, which would wait forever once the call is cancelled.
+        # own, which waits forever for more once the server has ended the call.
         outbox: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue(maxsize=1)
         outbox.put_nowait(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=self._stream_id)))
         call = self._stub.StreamDelivery(_until_none(outbox), metadata=self._metadata)
