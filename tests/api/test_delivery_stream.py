@@ -34,7 +34,13 @@ from reckon_server.storage.delivery import (
 from reckon_server.transport.governance_codec import terms_from_document
 from reckon_server.transport.servicers.delivery import _report
 from tests.support.api import RunningServer, bearer, decode
-from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
+from tests.support.delivery import (
+    RawStream,
+    committed_plan,
+    report,
+    settled_task_count,
+    stored_next_seq,
+)
 from tests.support.governance import (
     Buyer,
     M,
@@ -436,13 +442,8 @@ async def test_streams_that_go_away_leave_nothing_behind_on_the_server(
         stream.close()
         stream.call.cancel()
 
-    async def settled_tasks() -> int:
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-        return len(asyncio.all_tasks())
-
     await open_and_drop(0)
-    before = await settled_tasks()
+    before = await settled_task_count()
     for n in range(1, 21):
         await open_and_drop(n)
-    assert await settled_tasks() <= before
+    assert await settled_task_count() <= before

@@ -17,12 +17,10 @@ from reckon_client import DeliveryStreamer, Reckon
 from reckon_client.errors import ReckonError
 from reckon_server.storage.database import Database
 from tests.support.api import RunningServer
-from tests.support.delivery import committed_plan, report, stored_next_seq
+from tests.support.delivery import committed_plan, report, settled_task_count, stored_next_seq
 from tests.support.governance import M
 
 PLAN = "streamed"
-
-
 REFUSED_SPEND = 17 * M
 
 
@@ -167,15 +165,9 @@ async def test_reconnects_leave_no_task_behind(database_url: str) -> None:
                 return streamer.reconnects
 
             await stream_idly(0)  # starts what the server keeps for every stream
-            before = await _settled_task_count()
+            before = await settled_task_count()
             reconnects = [await stream_idly(run) for run in range(1, 4)]
-            assert await _settled_task_count() <= before
+            assert await settled_task_count() <= before
         assert min(reconnects) >= 2
     finally:
         await api.close()
-
-
-async def _settled_task_count() -> int:
-    for _ in range(25):
-        await asyncio.sleep(0.02)
-    return len(asyncio.all_tasks())

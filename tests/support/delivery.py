@@ -16,6 +16,13 @@ from tests.support.api import RunningServer, bearer
 from tests.support.governance import Buyer, plan, ts
 
 
+async def settled_task_count() -> int:
+    """How many tasks the event loop holds once what was under way has had time to end."""
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+    return len(asyncio.all_tasks())
+
+
 async def stored_next_seq(database_url: str, stream_id: str) -> int:
     """The stream's durable cursor, read straight from the database."""
     database = Database(database_url)

@@ -14,7 +14,7 @@ import grpc
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
-from reckon_client.errors import ReckonError
+from reckon_client.errors import ReckonError, status_code
 
 log = logging.getLogger(__name__)
 AckHandler = Callable[[pb.BatchAck], None]
@@ -178,7 +178,8 @@ class DeliveryStreamer:
         call = self._stub.StreamDelivery(_until_none(outbox), metadata=self._metadata)
         sender: asyncio.Future[None] | None = None
         try:
-            opened = (await call.read()).opened
+            self._check(first := await call.read())
+            opened = first.opened
             async with self._changed:
                 for seq in [s for s in self._unacked if s < opened.next_seq]:
                     # Committed before the last connection dropped; its ack was lost.
@@ -210,8 +211,8 @@ class DeliveryStreamer:
 
     @staticmethod
     def _check(response: Any) -> None:
-        """Raise for a response that ends the connection: the stream's end, or a batch the
-        server rejected."""
+        """Raise for a response that ends the connection: the stream's end (even before it
+        opened), or a batch the server rejected."""
         if response is aio.EOF:
             raise aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "stream ended"
@@ -222,7 +223,7 @@ class DeliveryStreamer:
         if ack.error.code != grpc.StatusCode.OUT_OF_RANGE.value[0]:
             # Not a gap, which a reconnect resolves: the batch itself is refused.
             raise ReckonError.from_status(ack.error) or ReckonError(
-                grpc.StatusCode.INVALID_ARGUMENT, 0, "UNSPECIFIED", ack.error.message
+                status_code(ack.error.code), 0, "UNSPECIFIED", ack.error.message
             )
         raise aio.AioRpcError(
             grpc.StatusCode.ABORTED,

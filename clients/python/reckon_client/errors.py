@@ -55,7 +55,7 @@ class ReckonError(Exception):
                     values = error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name
                     known = values.get("ERROR_REASON_" + info.reason)
                     decoded = cls(
-                        code=_CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+                        code=status_code(status.code),
                         reason=known.number if known else 0,
                         reason_name=info.reason,
                         message=status.message,
@@ -73,6 +73,11 @@ class ReckonError(Exception):
             decoded.violations = violations
             decoded.retry_after = retry_after
         return decoded
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The StatusCode of a `google.rpc.Status` code number (UNKNOWN for one grpc lacks)."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
