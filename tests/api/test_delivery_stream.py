@@ -104,6 +104,54 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     resumed.close()
 
 
+async def test_a_period_reported_twice_in_one_batch_keeps_the_later_figures(
+    api: RunningServer,
+) -> None:
+    """Both reports are outcomes of their own; the period holds the later totals, once (the
+    rows of a transaction are written with one statement per table on PostgreSQL, which may
+    change a row only once)."""
+    buyer = await committed_plan(api, "twice", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "twice-1")
+    await stream.opened()
+    stream.send(
+        1,
+        [
+            report(PLAN, "mb_1", 15, 1_000 * M),
+            report(PLAN, "mb_1", 16, 300 * M),
+            report(PLAN, "mb_1", 15, 400 * M, impressions=7),
+        ],
+    )
+    ack = await stream.ack()
+    assert ack.disposition == pb.BATCH_DISPOSITION_COMMITTED
+    ids = [r.accepted.outcome_id for r in ack.results]
+    assert all(ids)
+    assert len(set(ids)) == 3
+    assert (await buyer.state(PLAN)).spend_micros == 700 * M
+    stream.close()
+    database = Database(api.database_url)
+    try:
+        async with database.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT spend_micros, impressions, outcome_id FROM delivery_periods"
+                        " ORDER BY period_start"
+                    )
+                )
+            ).all()
+            outcomes = await conn.scalar(
+                sa.text("SELECT count(*) FROM plan_outcomes WHERE outcome_id IN (:a, :b)"),
+                {"a": ids[0], "b": ids[2]},
+            )
+    finally:
+        await database.dispose()
+    assert [tuple(row) for row in rows] == [
+        (400 * M, 7, ids[2]),
+        (300 * M, 10_000, ids[1]),
+    ]
+    assert outcomes == 2
+
+
 def _bad_reports() -> list[tuple[pb.PlanDelivery, str]]:
     """Reports that break one rule each, with the field their violation names."""
 

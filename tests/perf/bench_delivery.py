@@ -238,11 +238,13 @@ async def main(reports: int) -> None:
             f"{name:<37} {rate(result):>10,.0f} reports/s   ack p50 {result['p50_ms']:7.1f} ms"
             f"   p99 {result['p99_ms']:7.1f} ms   server peak RSS {rss:.0f} MiB"
         )
-        print(
-            f"{'':<37} CPU: server {result['server_cores']:.2f} cores, "
+        writer = (
             f"its writer process {result['writer_cores']:.2f} "
             f"({1e6 * result['writer_cores'] / rate(result):.0f} us per report)"
+            if result["writer_cores"]
+            else "no writer process (the server writes to PostgreSQL itself)"
         )
+        print(f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}")
     print(
         f"ratios (c)/(a) {rate(sqlite) / rate(baseline):.1%}   (c)/(b) "
         f"{rate(sqlite) / storage:.1%}   (c)/(b with outcomes) {rate(sqlite) / both_rows:.1%}   "

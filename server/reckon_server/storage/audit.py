@@ -31,7 +31,7 @@ from reckon_server.storage.schema import (
     audit_outcomes,
     orgs,
 )
-from reckon_server.storage.sql import BulkStatement, first_or_none, upsert
+from reckon_server.storage.sql import BulkInsert, first_or_none
 
 
 @dataclass(frozen=True)
@@ -326,32 +326,9 @@ class ReportItem:
     now: datetime
 
 
-_OUTCOME_COLUMNS = (
-    "audit_event_id",
-    "status",
-    "message",
-    "metadata_json",
-    "reported_at",
-    "revision",
-)
-_HISTORY_COLUMNS = (
-    "audit_event_id",
-    "revision",
-    "status",
-    "message",
-    "metadata_json",
-    "reported_at",
-)
-_UPSERT_OUTCOMES = BulkStatement(
-    lambda dialect: upsert(dialect, audit_outcomes, ["audit_event_id"], _OUTCOME_COLUMNS),
-    _OUTCOME_COLUMNS,
-)
-_APPEND_HISTORY = BulkStatement(
-    lambda _: sa.insert(audit_outcome_history).values(
-        {c: sa.bindparam(c) for c in _HISTORY_COLUMNS}
-    ),
-    _HISTORY_COLUMNS,
-)
+# Rows are written whole, in their tables' column order.
+_UPSERT_OUTCOMES = BulkInsert(audit_outcomes, conflict_key=("audit_event_id",))
+_APPEND_HISTORY = BulkInsert(audit_outcome_history)
 
 
 # Built once: constructing the statement cost more than running it for a small batch.

@@ -34,44 +34,13 @@ from reckon_server.storage.schema import (
     plan_outcomes,
     plans,
 )
-from reckon_server.storage.sql import BulkStatement, dialect_insert, upsert
+from reckon_server.storage.sql import BulkInsert, BulkStatement, dialect_insert
 
 log = logging.getLogger(__name__)
 ACTIVE = 1
-_PERIOD_COLUMNS = (
-    "governance_context",
-    "period_start",
-    "period_end",
-    "org_id",
-    "plan_id",
-    "spend_micros",
-    "impressions",
-    "cpm_micros",
-    "viewability_rate",
-    "completion_rate",
-    "outcome_id",
-    "updated_at",
-)
-_OUTCOME_COLUMNS = (
-    "outcome_id",
-    "org_id",
-    "plan_id",
-    "check_id",
-    "governance_context",
-    "purchase_type",
-    "outcome",
-    "status",
-    "committed_micros",
-    "findings_count",
-    "response",
-    "plan_hash",
-    "created_at",
-)
-_UPSERT_PERIODS = BulkStatement(
-    lambda d: upsert(
-        d, delivery_periods, ["governance_context", "period_start", "period_end"], _PERIOD_COLUMNS
-    ),
-    _PERIOD_COLUMNS,
+# Rows are written whole, in their tables' column order.
+_UPSERT_PERIODS = BulkInsert(
+    delivery_periods, conflict_key=("governance_context", "period_start", "period_end")
 )
 _SET_CAMPAIGN_SPEND = BulkStatement(
     lambda _: (
@@ -81,10 +50,7 @@ _SET_CAMPAIGN_SPEND = BulkStatement(
     ),
     ("spend", "context"),
 )
-_INSERT_OUTCOMES = BulkStatement(
-    lambda _: sa.insert(plan_outcomes).values({c: sa.bindparam(c) for c in _OUTCOME_COLUMNS}),
-    _OUTCOME_COLUMNS,
-)
+_INSERT_OUTCOMES = BulkInsert(plan_outcomes)
 
 
 class StreamReport(NamedTuple):
