@@ -20,6 +20,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -162,18 +163,23 @@ def sqlite_bound(path: Path, reports: int, *, outcomes: bool = False) -> float:
 
 
 async def reckon_run(
-    url: str, reports: int, spend_micros: int = ON_PLAN_SPEND
+    url: str,
+    reports: int,
+    spend_micros: int = ON_PLAN_SPEND,
+    database_cpu: Callable[[], float] | None = None,
 ) -> tuple[dict[str, float], float]:
-    """The load generator's figures, with the server's CPU use added, and the peak RSS."""
+    """The load generator's figures, with the CPU use of the server (and of the database
+    server, given `database_cpu`) added, and the peak RSS."""
     admin = new_secret()
     server = await start_reckon(url, admin)
     try:
         key = await prepare(server, admin)
-        before = server.cpu_seconds()
+        before, database_before = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
-        after = server.cpu_seconds()
+        after, database_after = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         result["server_cores"] = (after[0] - before[0]) / result["seconds"]
         result["writer_cores"] = (after[1] - before[1]) / result["seconds"]
+        result["database_cores"] = (database_after - database_before) / result["seconds"]
         return result, server.peak_rss_mib()
     finally:
         await server.stop()
@@ -215,7 +221,9 @@ async def main(reports: int) -> None:
         )
     postgres = start_postgres(private=True)
     try:
-        pg, pg_rss = await reckon_run(await postgres.create_database(), reports)
+        pg, pg_rss = await reckon_run(
+            await postgres.create_database(), reports, database_cpu=postgres.cpu_seconds
+        )
     finally:
         postgres.stop()
 
@@ -242,7 +250,8 @@ async def main(reports: int) -> None:
             f"its writer process {result['writer_cores']:.2f} "
             f"({1e6 * result['writer_cores'] / rate(result):.0f} us per report)"
             if result["writer_cores"]
-            else "no writer process (the server writes to PostgreSQL itself)"
+            else f"PostgreSQL {result['database_cores']:.2f} "
+            f"({1e6 * result['database_cores'] / rate(result):.0f} us per report)"
         )
         print(f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}")
     print(

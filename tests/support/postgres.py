@@ -7,6 +7,7 @@ port. When neither is possible this raises: a PostgreSQL tier is never skipped s
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -28,7 +29,6 @@ class PostgresServer:
     _data_dir: Path | None = None
     _bin_dir: Path | None = None
     _run_as: str | None = None
-    _options: str = ""
     _options: str = ""
 
     def sqlalchemy_url(self, database: str) -> str:
@@ -73,6 +73,19 @@ class PostgresServer:
             ],
             self._run_as,
         )
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the private server: its postmaster, the processes it runs
+        (one backend per connection, background workers) and those that have exited."""
+        assert self._data_dir is not None, "not a private server"
+        postmaster = int((self._data_dir / "postmaster.pid").read_text().split()[0])
+        fields = _stat_fields(postmaster)
+        total = sum(fields[11:15])  # utime, stime, and those of exited children
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += sum(_stat_fields(int(child))[11:13])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self._data_dir is None or self._bin_dir is None:
@@ -142,6 +155,12 @@ def _run(command: list[str], run_as: str | None) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed: {result.stdout}\n{result.stderr}")
+
+
+def _stat_fields(pid: int) -> list[int]:
+    """The numeric fields of /proc/<pid>/stat after the command name (from the state on)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return [int(f) if f.lstrip("-").isdigit() else 0 for f in stat.rsplit(")", 1)[1].split()]
 
 
 def _free_port() -> int:
