@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -77,6 +78,12 @@ func (e *Error) Error() string {
 
 // Transient reports whether the same call may succeed if retried later.
 func (e *Error) Transient() bool { return e.Metadata["recovery"] == "transient" }
+
+// FromStatus decodes a google.rpc.Status carried inside a message: a StreamDelivery ack's
+// per-report error or a rejected batch's error.
+func FromStatus(s *spb.Status) (*Error, bool) {
+	return AsError(status.ErrorProto(s))
+}
 
 // AsError decodes err into an *Error when it carries Reckon's ErrorInfo.
 func AsError(err error) (*Error, bool) {

@@ -10,6 +10,7 @@ import {
   ErrorInfoSchema,
   RetryInfoSchema,
 } from "../../../generated/ts/google/rpc/error_details_pb.js";
+import type { Status } from "../../../generated/ts/google/rpc/status_pb.js";
 import { AdminService } from "../../../generated/ts/reckon/v1/admin_service_pb.js";
 import { AuditService } from "../../../generated/ts/reckon/v1/audit_service_pb.js";
 import { DeliveryService } from "../../../generated/ts/reckon/v1/delivery_service_pb.js";
@@ -69,6 +70,20 @@ export class ReckonError extends Error {
   /** True when the same call may succeed if retried later. */
   get transient(): boolean {
     return this.metadata["recovery"] === "transient";
+  }
+
+  /**
+   * Decodes a `google.rpc.Status` carried inside a message: a StreamDelivery ack's per-report
+   * `error` or a rejected batch's `error`.
+   */
+  static fromStatus(status: Status): ReckonError | undefined {
+    const error = new ConnectError(status.message, status.code as Code);
+    for (const detail of status.details) {
+      // Details arrive as Any; ConnectError finds them by their message type name.
+      const type = detail.typeUrl.slice(detail.typeUrl.lastIndexOf("/") + 1);
+      error.details.push({ type, value: detail.value });
+    }
+    return ReckonError.from(error);
   }
 
   /** Decodes any error thrown by a Reckon call; non-Reckon errors are returned as undefined. */

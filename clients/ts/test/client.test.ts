@@ -6,6 +6,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
+import type { MessageInitShape } from "@bufbuild/protobuf";
+
+import {
+  BatchDisposition,
+  type PlanDeliverySchema,
+} from "../../../generated/ts/reckon/v1/delivery_service_pb.js";
 import { Code, createReckonClient, ErrorReason, fromMicros, ReckonError, toMicros } from "../src/index.js";
 
 const target = process.env["RECKON_TEST_TARGET"];
@@ -35,4 +41,66 @@ test("an unknown key is rejected with a decoded UNAUTHENTICATED reason", async (
     assert.equal(decoded.metadata["recovery"], "correctable");
     return true;
   });
+});
+
+const buyerKey = process.env["RECKON_TEST_BUYER_KEY"];
+const planId = process.env["RECKON_TEST_PLAN_ID"] ?? "";
+const mediaBuyId = process.env["RECKON_TEST_MEDIA_BUY_ID"] ?? "";
+const M = 1_000_000n;
+
+/** One day's delivery of March 2026 (the test plan's flight starts on the 15th). */
+function report(day: number, spendMicros: bigint): MessageInitShape<typeof PlanDeliverySchema> {
+  const midnight = (d: number) => ({ seconds: BigInt(Date.UTC(2026, 2, d) / 1000), nanos: 0 });
+  return {
+    planId,
+    delivery: {
+      mediaBuyId,
+      reportingPeriod: { start: midnight(day), end: midnight(day + 1) },
+      spendMicros,
+      impressions: 10_000n,
+    },
+  };
+}
+
+test("StreamDelivery acks each batch in order, with a result per report", async () => {
+  assert.ok(buyerKey, "RECKON_TEST_BUYER_KEY is not set");
+  const client = createReckonClient({ baseUrl: `http://${target}`, apiKey: buyerKey });
+  const batch = (seq: bigint, reports: MessageInitShape<typeof PlanDeliverySchema>[]) => ({
+    kind: { case: "batch" as const, value: { seq, reports } },
+  });
+  async function* requests() {
+    yield { kind: { case: "open" as const, value: { streamId: "ts-producer" } } };
+    const first = [report(15, 1_000n * M), report(16, -1n)];
+    yield batch(1n, first);
+    yield batch(1n, first); // already committed: acknowledged, not applied again
+    yield batch(3n, [report(17, M)]); // skips seq 2
+  }
+  const responses = [];
+  for await (const response of client.delivery.streamDelivery(requests())) {
+    responses.push(response);
+  }
+  assert.equal(responses.length, 4);
+  const [opened, committed, duplicate, gap] = responses.map((r) => r.kind);
+  assert.equal(opened?.case, "opened");
+  assert.equal(opened.value.nextSeq, 1n);
+  assert.equal(committed?.case, "ack");
+  assert.equal(committed.value.disposition, BatchDisposition.COMMITTED);
+  const [accepted, refused] = committed.value.results.map((r) => r.result);
+  assert.equal(accepted?.case, "accepted");
+  assert.match(accepted.value.outcomeId, /^out_/);
+  assert.equal(refused?.case, "error");
+  const error = ReckonError.fromStatus(refused.value);
+  assert.ok(error, "the per-report error carries no reckon ErrorInfo");
+  assert.equal(error.code, Code.InvalidArgument);
+  assert.deepEqual(
+    error.violations.map((v) => v.field),
+    ["reports[1].delivery.spend_micros"],
+  );
+  assert.equal(duplicate?.case, "ack");
+  assert.equal(duplicate.value.disposition, BatchDisposition.DUPLICATE);
+  assert.equal(gap?.case, "ack");
+  assert.equal(gap.value.disposition, BatchDisposition.REJECTED);
+  assert.equal(gap.value.nextSeq, 2n);
+  assert.ok(gap.value.error, "a rejected batch carries its status");
+  assert.equal(ReckonError.fromStatus(gap.value.error)?.reason, ErrorReason.SEQUENCE_GAP);
 });
