@@ -4,7 +4,8 @@
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
-also printed with each report's outcome row inserted as well, both rows StreamDelivery writes),
+also printed with each report's outcome row inserted as well, both rows StreamDelivery writes,
+and with both going into in-memory tables without keys: the sqlite3 module's own cost),
 (c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
 separate process. `--soak N` streams N reports to SQLite and prints the server's RSS
@@ -109,16 +110,23 @@ async def client(
     return result
 
 
-def sqlite_bound(path: Path, reports: int, *, outcomes: bool = False) -> float:
+def sqlite_bound(path: Path | None, reports: int, *, outcomes: bool = False) -> float:
     """Reports/s of the same period upserts through plain sqlite3, 500 per transaction, in the
     server's own tables; with `outcomes`, each report's outcome row too: both rows that
-    StreamDelivery writes per report, and nothing else."""
-    engine = sa.create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine, tables=[delivery_periods, plan_outcomes])
-    engine.dispose()
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    StreamDelivery writes per report, and nothing else. Without a `path`, both rows go into
+    in-memory tables with no key or index: what it costs the sqlite3 module to hand SQLite
+    the rows, before any B-tree or disk."""
+    if path is None:
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        for table in (delivery_periods, plan_outcomes):
+            db.execute(f"CREATE TABLE {table.name} ({', '.join(table.columns.keys())})")
+    else:
+        engine = sa.create_engine(f"sqlite:///{path}")
+        Base.metadata.create_all(engine, tables=[delivery_periods, plan_outcomes])
+        engine.dispose()
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
     base = 1_773_532_800_000_000
     periods, outcome_rows = [], []
     for n in range(reports):
@@ -144,11 +152,12 @@ def sqlite_bound(path: Path, reports: int, *, outcomes: bool = False) -> float:
         outcome_rows.append(
             (outcome_id, "org", PLAN, None, context, 1, 3, 1, None, 0, NO_FINDINGS, plan_hash, base)
         )
-    upsert_period = (
-        "INSERT INTO delivery_periods VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT "
-        "(governance_context, period_start, period_end) DO UPDATE SET "
-        "spend_micros = excluded.spend_micros, outcome_id = excluded.outcome_id"
-    )
+    upsert_period = "INSERT INTO delivery_periods VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    if path is not None:
+        upsert_period += (
+            " ON CONFLICT (governance_context, period_start, period_end) DO UPDATE SET "
+            "spend_micros = excluded.spend_micros, outcome_id = excluded.outcome_id"
+        )
     insert_outcome = "INSERT INTO plan_outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
     started = time.perf_counter()
     for first in range(0, reports, BATCH):
@@ -214,6 +223,7 @@ async def main(reports: int) -> None:
             await noop.stop()
         storage = sqlite_bound(Path(tmp) / "bound.db", reports)
         both_rows = sqlite_bound(Path(tmp) / "both.db", reports, outcomes=True)
+        handing_over = sqlite_bound(None, reports, outcomes=True)
         sqlite, sqlite_rss = await reckon_run(f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", reports)
         # Twice the planned rate: 100 % over pace, a budget_authority warning on every report.
         off_pace, off_pace_rss = await reckon_run(
@@ -237,6 +247,7 @@ async def main(reports: int) -> None:
     print(f"(a) no-op grpc.aio bidi servicer      {rate(baseline):>10,.0f} reports/s")
     print(f"(b) sqlite3 executemany, 500/txn      {storage:>10,.0f} reports/s")
     print(f"    (b) with each outcome row as well {both_rows:>10,.0f} reports/s")
+    print(f"    both rows, in memory, no key/index {handing_over:>9,.0f} reports/s")
     for name, result, rss in (
         ("(c) StreamDelivery on SQLite", sqlite, sqlite_rss),
         ("(d) StreamDelivery on PostgreSQL", pg, pg_rss),
