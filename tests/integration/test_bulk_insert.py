@@ -1,0 +1,77 @@
+"""BulkInsert, how group commit writes its rows, on both backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from reckon_server.storage.database import Database
+from reckon_server.storage.sql import BulkInsert
+from tests.support.postgres import PostgresServer
+
+_METADATA = sa.MetaData()
+_ITEMS = sa.Table(
+    "bulk_items",
+    _METADATA,
+    sa.Column("item_id", sa.String(16), primary_key=True),
+    sa.Column("low", sa.BigInteger, nullable=False),
+    sa.Column("high", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=True),
+)
+
+
+async def _write(database: Database, bulk: BulkInsert, rows: list[tuple[Any, ...]]) -> None:
+    async with database.write() as conn:
+        await conn.run_sync(lambda sync: bulk.executemany(sync, rows))
+
+
+async def _stored(database: Database) -> list[tuple[Any, ...]]:
+    async with database.read() as conn:
+        result = await conn.execute(sa.select(_ITEMS).order_by(_ITEMS.c.item_id))
+        return [tuple(row) for row in result]
+
+
+async def test_an_upsert_keeps_the_last_row_of_each_key(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        upsert = BulkInsert(_ITEMS, conflict_key=("item_id",))
+        await _write(database, upsert, [("a", 1, 2, None), ("b", 3, 4, "é"), ("a", 5, 6, "x")])
+        assert await _stored(database) == [("a", 5, 6, "x"), ("b", 3, 4, "é")]
+        await _write(database, upsert, [("b", 7, 8, None), ("c", -(2**63), 2**63 - 1, "")])
+        assert await _stored(database) == [
+            ("a", 5, 6, "x"),
+            ("b", 7, 8, None),
+            ("c", -(2**63), 2**63 - 1, ""),
+        ]
+        with pytest.raises(sa.exc.IntegrityError):
+            await _write(database, BulkInsert(_ITEMS), [("d", 1, 1, None), ("a", 0, 0, None)])
+        assert [row[0] for row in await _stored(database)] == ["a", "b", "c"]
+    finally:
+        await database.dispose()
+
+
+async def test_postgresql_refuses_rows_for_a_table_stored_in_another_column_order(
+    postgres: PostgresServer,
+) -> None:
+    """Rows travel to PostgreSQL as records of the table's row type, matched to columns by
+    position: a table whose stored order differs from its model (a migration appended a
+    column the model declares elsewhere) would swap `low` and `high` without a word."""
+    database = Database(await postgres.create_database())
+    try:
+        async with database.write() as conn:
+            await conn.execute(
+                sa.text(
+                    "CREATE TABLE bulk_items (item_id varchar(16) PRIMARY KEY,"
+                    " high bigint NOT NULL, low bigint NOT NULL, note text)"
+                )
+            )
+        with pytest.raises(RuntimeError, match="stores columns"):
+            await _write(database, BulkInsert(_ITEMS), [("a", 1, 2, None)])
+        async with database.read() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM bulk_items")) == 0
+    finally:
+        await database.dispose()
