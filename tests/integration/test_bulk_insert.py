@@ -24,7 +24,7 @@ _ITEMS = sa.Table(
 
 async def _write(database: Database, bulk: BulkInsert, rows: list[tuple[Any, ...]]) -> None:
     async with database.write() as conn:
-        await conn.run_sync(lambda sync: bulk.executemany(sync, rows))
+        await conn.run_sync(lambda sync: bulk.write(sync, rows))
 
 
 async def _stored(database: Database) -> list[tuple[Any, ...]]:

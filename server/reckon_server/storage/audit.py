@@ -357,7 +357,7 @@ class ReportOutcomes:
     replicas cannot deadlock; SQLite has one writer) and their current revisions read; each
     item then takes the next revision in submission order, so any number of reports of the
     same event in one batch stay consecutive. The latest row per event is upserted and every
-    row appended to the history, each with one executemany.
+    row appended to the history, each with one bulk write.
     """
 
     pipelined = False
@@ -413,8 +413,8 @@ class ReportOutcomes:
             results.append(
                 ReportResult(report.audit_event_id, int(report.status), item.now, revision)
             )
-        _UPSERT_OUTCOMES.executemany(conn, list(latest.values()))
-        _APPEND_HISTORY.executemany(conn, history)
+        _UPSERT_OUTCOMES.write(conn, list(latest.values()))
+        _APPEND_HISTORY.write(conn, history)
         return results
 
 

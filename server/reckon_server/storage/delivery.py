@@ -390,11 +390,11 @@ class ApplyDeliveryBatches:
                 )
                 done.results.append((outcome_id, document))
             applied.append(done)
-        _UPSERT_PERIODS.executemany(conn, period_rows)
-        _INSERT_OUTCOMES.executemany(conn, outcome_rows)
+        _UPSERT_PERIODS.write(conn, period_rows)
+        _INSERT_OUTCOMES.write(conn, outcome_rows)
         # A campaign is looked up only for a report that is then applied to it.
         touched = sorted(lookups.by_context)
-        _SET_CAMPAIGN_SPEND.executemany(conn, [(totals[c], c) for c in touched])
+        _SET_CAMPAIGN_SPEND.write(conn, [(totals[c], c) for c in touched])
         return applied
 
     def _campaigns(

@@ -64,7 +64,7 @@ class BulkStatement:
     def _binds(self, dialect_name: str) -> tuple[str, ...]:
         return self._columns
 
-    def executemany(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def write(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:
             conn.exec_driver_sql(self._sql(conn.dialect), list(rows))
 
@@ -112,9 +112,9 @@ class BulkInsert(BulkStatement):
     def _binds(self, dialect_name: str) -> tuple[str, ...]:
         return ("rows",) if dialect_name == "postgresql" else self._columns
 
-    def executemany(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def write(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if conn.dialect.name != "postgresql":
-            super().executemany(conn, rows)
+            super().write(conn, rows)
             return
         if not self._order_checked:
             self._check_stored_order(conn)
