@@ -71,7 +71,8 @@ class BulkStatement:
 
 class BulkInsert(BulkStatement):
     """An INSERT of whole rows of `table`, given in their stored form and in the table's column
-    order; with a `conflict_key`, an upsert that overwrites every other column.
+    order; with a `conflict_key` (its leading columns), an upsert that overwrites every other
+    column.
 
     SQLite runs the row statement through executemany, the cheapest way there. PostgreSQL
     would plan and run that statement once per row; it gets one INSERT ... SELECT over
@@ -85,7 +86,9 @@ class BulkInsert(BulkStatement):
         super().__init__(self._statement, table.columns.keys())
         self._table = table
         self._conflict_key = tuple(conflict_key)
-        self._key_positions = [self._columns.index(c) for c in self._conflict_key]
+        if self._columns[: len(self._conflict_key)] != self._conflict_key:
+            # A leading key is a slice of each row: the cheapest way to tell rows apart.
+            raise ValueError(f"{table.name}: the conflict key must be its leading columns")
         self._order_checked = False
 
     def _statement(self, dialect_name: str) -> sa.ClauseElement:
@@ -119,8 +122,8 @@ class BulkInsert(BulkStatement):
         if not self._order_checked:
             self._check_stored_order(conn)
         if self._conflict_key:
-            positions = self._key_positions
-            rows = list({tuple(row[p] for p in positions): row for row in rows}.values())
+            width = len(self._conflict_key)
+            rows = list({row[:width]: row for row in rows}.values())
         if rows:
             conn.exec_driver_sql(self._sql(conn.dialect), (list(rows),))
 
