@@ -75,3 +75,19 @@ async def test_postgresql_refuses_rows_for_a_table_stored_in_another_column_orde
             assert await conn.scalar(sa.text("SELECT count(*) FROM bulk_items")) == 0
     finally:
         await database.dispose()
+
+
+async def test_postgresql_refuses_a_value_longer_than_its_column(
+    postgres: PostgresServer,
+) -> None:
+    """The rows' record type carries the column's length, so a value past it is refused, as
+    a plain INSERT refuses it, rather than cut short as a cast would."""
+    database = Database(await postgres.create_database())
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        with pytest.raises(sa.exc.DBAPIError, match="too long"):
+            await _write(database, BulkInsert(_ITEMS), [("a" * 17, 1, 2, None)])
+        assert await _stored(database) == []
+    finally:
+        await database.dispose()
