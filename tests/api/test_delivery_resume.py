@@ -11,14 +11,18 @@ import sys
 
 import grpc
 import pytest
-import sqlalchemy as sa
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2
 from reckon_client import DeliveryStreamer, Reckon
-from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, Stubs, bearer, decode, new_secret
-from tests.support.delivery import RawStream, committed_plan, report, stored_next_seq
+from tests.support.delivery import (
+    RawStream,
+    committed_plan,
+    report,
+    stored_next_seq,
+    stored_rows,
+)
 from tests.support.governance import Buyer, plan
 from tests.support.processes import start_reckon
 from tests.support.producer import minute_report
@@ -28,17 +32,10 @@ PLAN, MEDIA_BUY = "resumed", "mb_resume"
 
 
 async def _totals(database_url: str) -> tuple[int, int]:
-    database = Database(database_url)
-    try:
-        async with database.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.text("SELECT count(*), coalesce(sum(spend_micros), 0) FROM delivery_periods")
-                )
-            ).one()
-    finally:
-        await database.dispose()
-    return int(row[0]), int(row[1])
+    [(count, spend)] = await stored_rows(
+        database_url, "SELECT count(*), coalesce(sum(spend_micros), 0) FROM delivery_periods"
+    )
+    return int(count), int(spend)
 
 
 EXPECTED = (REPORTS, sum(n + 1 for n in range(REPORTS)))

@@ -40,6 +40,7 @@ from tests.support.delivery import (
     report,
     settled_task_count,
     stored_next_seq,
+    stored_rows,
 )
 from tests.support.governance import (
     Buyer,
@@ -128,28 +129,18 @@ async def test_a_period_reported_twice_in_one_batch_keeps_the_later_figures(
     assert len(set(ids)) == 3
     assert (await buyer.state(PLAN)).spend_micros == 700 * M
     stream.close()
-    database = Database(api.database_url)
-    try:
-        async with database.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT spend_micros, impressions, outcome_id FROM delivery_periods"
-                        " ORDER BY period_start"
-                    )
-                )
-            ).all()
-            outcomes = await conn.scalar(
-                sa.text("SELECT count(*) FROM plan_outcomes WHERE outcome_id IN (:a, :b)"),
-                {"a": ids[0], "b": ids[2]},
-            )
-    finally:
-        await database.dispose()
-    assert [tuple(row) for row in rows] == [
-        (400 * M, 7, ids[2]),
-        (300 * M, 10_000, ids[1]),
-    ]
-    assert outcomes == 2
+    periods = await stored_rows(
+        api.database_url,
+        "SELECT spend_micros, impressions, outcome_id FROM delivery_periods ORDER BY period_start",
+    )
+    assert periods == [(400 * M, 7, ids[2]), (300 * M, 10_000, ids[1])]
+    outcomes = await stored_rows(
+        api.database_url,
+        "SELECT outcome_id FROM plan_outcomes WHERE outcome_id IN (:a, :b)",
+        a=ids[0],
+        b=ids[2],
+    )
+    assert len(outcomes) == 2
 
 
 def _bad_reports() -> list[tuple[pb.PlanDelivery, str]]:

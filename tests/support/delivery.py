@@ -23,18 +23,22 @@ async def settled_task_count() -> int:
     return len(asyncio.all_tasks())
 
 
-async def stored_next_seq(database_url: str, stream_id: str) -> int:
-    """The stream's durable cursor, read straight from the database."""
+async def stored_rows(database_url: str, query: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of `query`, read straight from the database."""
     database = Database(database_url)
     try:
         async with database.read() as conn:
-            value = await conn.scalar(
-                sa.text("SELECT next_seq FROM delivery_streams WHERE stream_id = :s"),
-                {"s": stream_id},
-            )
+            return [tuple(row) for row in await conn.execute(sa.text(query), params)]
     finally:
         await database.dispose()
-    return int(value)
+
+
+async def stored_next_seq(database_url: str, stream_id: str) -> int:
+    """The stream's durable cursor."""
+    [(next_seq,)] = await stored_rows(
+        database_url, "SELECT next_seq FROM delivery_streams WHERE stream_id = :s", s=stream_id
+    )
+    return int(next_seq)
 
 
 class RawStream:

@@ -7,12 +7,10 @@ port. When neither is possible this raises: a PostgreSQL tier is never skipped s
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from tests.support.processes import free_port, proc_files, stat_cpu_seconds
 
 
 @dataclass
@@ -78,14 +78,11 @@ class PostgresServer:
         """CPU time used so far by the private server: its postmaster, the processes it runs
         (one backend per connection, background workers) and those that have exited."""
         assert self._data_dir is not None, "not a private server"
-        postmaster = int((self._data_dir / "postmaster.pid").read_text().split()[0])
-        fields = _stat_fields(postmaster)
-        total = sum(fields[11:15])  # utime, stime, and those of exited children
-        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
-        for child in children:
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                total += sum(_stat_fields(int(child))[11:13])
-        return total / os.sysconf("SC_CLK_TCK")
+        pid = int((self._data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster, *children = proc_files(pid, "stat")
+        return stat_cpu_seconds(postmaster, with_reaped_children=True) + sum(
+            map(stat_cpu_seconds, children)
+        )
 
     def stop(self) -> None:
         if self._data_dir is None or self._bin_dir is None:
@@ -122,7 +119,7 @@ def start_postgres(*, private: bool = False) -> PostgresServer:
         ],
         run_as,
     )
-    options = f"-p {_free_port()} -k {socket_dir} -c listen_addresses=127.0.0.1 "
+    options = f"-p {free_port()} -k {socket_dir} -c listen_addresses=127.0.0.1 "
     options += "-c max_connections=300"
     if not private:
         # The shared server needs isolation, not crash safety; a private one is stopped
@@ -155,15 +152,3 @@ def _run(command: list[str], run_as: str | None) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed: {result.stdout}\n{result.stderr}")
-
-
-def _stat_fields(pid: int) -> list[int]:
-    """The numeric fields of /proc/<pid>/stat after the command name (from the state on)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return [int(f) if f.lstrip("-").isdigit() else 0 for f in stat.rsplit(")", 1)[1].split()]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

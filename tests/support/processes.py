@@ -22,6 +22,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def proc_files(pid: int, name: str) -> list[str]:
+    """/proc/<pid>/<name> of a process and of its live children, the process's own first."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for each in (pid, *map(int, children)):
+        with contextlib.suppress(FileNotFoundError):
+            found.append(Path(f"/proc/{each}/{name}").read_text())
+    return found
+
+
+def stat_cpu_seconds(stat: str, *, with_reaped_children: bool = False) -> float:
+    """The CPU time (user and system) a /proc/<pid>/stat text records; with
+    `with_reaped_children`, also that of the children the process has waited for."""
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = sum(map(int, fields[11 : 15 if with_reaped_children else 13]))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ServerProcess:
     process: asyncio.subprocess.Process
@@ -48,25 +66,12 @@ class ServerProcess:
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the server process, and by its live child processes (the
         SQLite writer) together."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        server, *children = (
-            sum(map(int, stat.rsplit(")", 1)[1].split()[11:13])) / ticks
-            for stat in self._proc_files("stat")
-        )
+        server, *children = map(stat_cpu_seconds, proc_files(self.process.pid, "stat"))
         return server, sum(children)
-
-    def _proc_files(self, name: str) -> list[str]:
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        found = []
-        for each in (pid, *map(int, children)):
-            with contextlib.suppress(FileNotFoundError):
-                found.append(Path(f"/proc/{each}/{name}").read_text())
-        return found
 
     def _status_mib(self, field: str) -> float:
         total = 0
-        for status in self._proc_files("status"):
+        for status in proc_files(self.process.pid, "status"):
             line = next(li for li in status.splitlines() if li.startswith(field))
             total += int(line.split()[1])
         return total / 1024
