@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -145,6 +145,39 @@ class PlanView:
     @property
     def spend_micros(self) -> int:
         return sum(self.spend.values())
+
+
+@dataclass(frozen=True)
+class TrailPosition:
+    """An entry of the audit trail of several plans: its plan, timestamp and id."""
+
+    plan_id: str
+    at: datetime
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class EntriesPage:
+    """At most `limit` audit entries, after `after` (from the start when None)."""
+
+    after: TrailPosition | None
+    limit: int
+
+
+@dataclass
+class PlanAuditLog:
+    view: PlanView
+    counts: store.AuditCounts
+    checks: list[store.StoredCheck] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)
+    """Outcome rows."""
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    logs: list[PlanAuditLog]
+    last: TrailPosition | None
+    """The last entry of this page when more follow, else None."""
 
 
 class GovernanceLedger:
@@ -680,22 +713,53 @@ class GovernanceLedger:
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def audit_views(
-        self, principal: Principal, plan_ids: list[str]
-    ) -> list[tuple[PlanView, list[store.StoredCheck], list[Any]]]:
+    async def audit_logs(
+        self,
+        principal: Principal,
+        plan_ids: list[str],
+        scope: store.AuditScope,
+        entries: EntriesPage | None,
+    ) -> AuditPage:
+        """The plans' audit logs; with `entries`, one page of their checks and outcomes, walking
+        the plans in order and each plan's trail by (timestamp, id)."""
+        start = 0
+        if entries is not None and entries.after is not None:
+            if entries.after.plan_id not in plan_ids:
+                no_longer = "continues a plan the request no longer selects"
+                raise invalid(Reason.INVALID_REQUEST, [FieldViolation("page_token", no_longer)])
+            start = plan_ids.index(entries.after.plan_id)
         now = utcnow()
-        views = []
+        logs: list[PlanAuditLog] = []
+        remaining = entries.limit if entries is not None else 0
+        last: TrailPosition | None = None
+        more = False
         async with self._db.read() as conn:
-            for plan_id in plan_ids:
+            for index, plan_id in enumerate(plan_ids):
                 plan = await self._visible_plan(conn, principal, plan_id)
-                views.append(
-                    (
-                        await _view(conn, plan, now),
-                        await store.plan_checks(conn, principal.org_id, plan_id),
-                        await store.plan_outcome_rows(conn, principal.org_id, plan_id),
-                    )
+                log = PlanAuditLog(
+                    await _view(conn, plan, now),
+                    await store.audit_counts(conn, principal.org_id, plan_id, scope),
                 )
-        return views
+                if entries is not None and index >= start and not more:
+                    after = None
+                    if index == start and entries.after is not None:
+                        after = (entries.after.at, entries.after.entry_id)
+                    # One more than fits tells whether the trail goes on past this page.
+                    found = await store.trail_after(
+                        conn, principal.org_id, plan_id, scope, after=after, limit=remaining + 1
+                    )
+                    more = len(found) > remaining
+                    taken = found[:remaining]
+                    remaining -= len(taken)
+                    for _, _, entry in taken:
+                        if isinstance(entry, store.StoredCheck):
+                            log.checks.append(entry)
+                        else:
+                            log.outcomes.append(entry)
+                    if taken:
+                        last = TrailPosition(plan_id, taken[-1][0], taken[-1][1])
+                logs.append(log)
+        return AuditPage(logs, last if more else None)
 
     async def plans_of_contexts(self, principal: Principal, contexts: list[str]) -> list[str]:
         found: list[str] = []

@@ -348,27 +348,119 @@ async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) ->
     return result.rowcount == 1
 
 
-async def plan_checks(conn: AsyncConnection, org_id: str, plan_id: str) -> list[StoredCheck]:
-    rows = await conn.execute(
-        sa.select(checks)
-        .where(checks.c.org_id == org_id, checks.c.plan_id == plan_id)
-        .order_by(checks.c.created_at, checks.c.check_id)
-    )
-    return [_check(r) for r in rows]
-
-
 async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(sa.insert(plan_outcomes).values(**values))
 
 
-async def plan_outcome_rows(conn: AsyncConnection, org_id: str, plan_id: str) -> list[sa.Row[Any]]:
-    return list(
+@dataclass(frozen=True)
+class AuditScope:
+    """Which checks and outcomes of a plan an audit log covers: empty sets mean all."""
+
+    governance_contexts: frozenset[str]
+    purchase_types: frozenset[int]
+
+    def keeps(self, governance_context: str, purchase_type: int) -> bool:
+        return (
+            not self.governance_contexts or governance_context in self.governance_contexts
+        ) and (not self.purchase_types or purchase_type in self.purchase_types)
+
+    def where(self, table: sa.Table, org_id: str, plan_id: str) -> list[sa.ColumnElement[bool]]:
+        clauses = [table.c.org_id == org_id, table.c.plan_id == plan_id]
+        if self.governance_contexts:
+            clauses.append(table.c.governance_context.in_(sorted(self.governance_contexts)))
+        if self.purchase_types:
+            clauses.append(table.c.purchase_type.in_(sorted(self.purchase_types)))
+        return clauses
+
+
+@dataclass(frozen=True)
+class AuditCounts:
+    """A plan's checks and outcomes within an audit scope, counted by the database."""
+
+    checks_by_decision: dict[int, int]
+    outcomes: int
+    findings: int
+
+    @property
+    def checks(self) -> int:
+        return sum(self.checks_by_decision.values())
+
+
+async def audit_counts(
+    conn: AsyncConnection, org_id: str, plan_id: str, scope: AuditScope
+) -> AuditCounts:
+    findings = sa.func.coalesce(sa.func.sum(checks.c.findings_count), 0)
+    by_decision: dict[int, int] = {}
+    check_findings = 0
+    for decision, count, found in await conn.execute(
+        sa.select(checks.c.decision, sa.func.count(), findings)
+        .where(*scope.where(checks, org_id, plan_id))
+        .group_by(checks.c.decision)
+    ):
+        by_decision[int(decision)] = int(count)
+        check_findings += int(found)
+    outcome_count, outcome_findings = (
         await conn.execute(
-            sa.select(plan_outcomes)
-            .where(plan_outcomes.c.org_id == org_id, plan_outcomes.c.plan_id == plan_id)
-            .order_by(plan_outcomes.c.created_at, plan_outcomes.c.outcome_id)
+            sa.select(
+                sa.func.count(), sa.func.coalesce(sa.func.sum(plan_outcomes.c.findings_count), 0)
+            ).where(*scope.where(plan_outcomes, org_id, plan_id))
+        )
+    ).one()
+    return AuditCounts(by_decision, int(outcome_count), check_findings + int(outcome_findings))
+
+
+EntryPosition = tuple[datetime, str]
+"""Where an audit trail continues: after the entry with this (timestamp, id)."""
+
+
+TrailEntry = tuple[datetime, str, StoredCheck | sa.Row[Any]]
+"""An audit-trail entry: its timestamp, its id, and the check or the outcome row."""
+
+
+async def trail_after(
+    conn: AsyncConnection,
+    org_id: str,
+    plan_id: str,
+    scope: AuditScope,
+    *,
+    after: EntryPosition | None,
+    limit: int,
+) -> list[TrailEntry]:
+    """Up to `limit` checks and outcomes of the plan after `after`, by (timestamp, id)."""
+    check_rows = await conn.execute(
+        _page(checks, checks.c.check_id, scope.where(checks, org_id, plan_id), after, limit)
+    )
+    outcome_rows = await conn.execute(
+        _page(
+            plan_outcomes,
+            plan_outcomes.c.outcome_id,
+            scope.where(plan_outcomes, org_id, plan_id),
+            after,
+            limit,
         )
     )
+    entries: list[TrailEntry] = [(c.created_at, c.check_id, c) for c in map(_check, check_rows)]
+    entries += [(o.created_at, o.outcome_id, o) for o in outcome_rows]
+    entries.sort(key=lambda entry: entry[:2])
+    return entries[:limit]
+
+
+def _page(
+    table: sa.Table,
+    entry_id: sa.ColumnElement[str],
+    where: list[sa.ColumnElement[bool]],
+    after: EntryPosition | None,
+    limit: int,
+) -> sa.Select[Any]:
+    if after is not None:
+        at, last_id = after
+        # The first term alone bounds an index range; the second breaks ties on equal times.
+        where = [
+            *where,
+            table.c.created_at >= at,
+            sa.or_(table.c.created_at > at, entry_id > last_id),
+        ]
+    return sa.select(table).where(*where).order_by(table.c.created_at, entry_id).limit(limit)
 
 
 PLAN_SPEND = sa.select(sa.func.coalesce(sa.func.sum(campaigns.c.spend_micros), 0)).where(

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
 from reckon_server.domain.governance import Decision
-from reckon_server.services.governance import CheckType, PlanView
-from reckon_server.storage.governance import StoredCheck
+from reckon_server.services.governance import CheckType, PlanAuditLog, PlanView
+from reckon_server.storage.governance import AuditScope, StoredCheck
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.governance_codec import encode_stored_finding
 
 
-@dataclass(frozen=True)
-class AuditScope:
-    """Which entries to include: empty sets mean all."""
-
-    governance_contexts: set[str]
-    purchase_types: set[int]
-    include_entries: bool
-
-    def keeps(self, governance_context: str, purchase_type: int) -> bool:
-        return (
-            not self.governance_contexts or governance_context in self.governance_contexts
-        ) and (not self.purchase_types or purchase_type in self.purchase_types)
-
-
-def encode_audit_log(
-    view: PlanView, all_checks: list[StoredCheck], all_outcomes: list[Any], scope: AuditScope
-) -> pb.PlanAuditLog:
+def encode_audit_log(log: PlanAuditLog, scope: AuditScope) -> pb.PlanAuditLog:
+    view, counts = log.view, log.counts
     plan = view.plan
-    checks = [c for c in all_checks if scope.keeps(c.governance_context, c.purchase_type)]
-    outcomes = [o for o in all_outcomes if scope.keeps(o.governance_context, o.purchase_type)]
-    decisions = [c.decision for c in checks]
-    approved = decisions.count(int(Decision.APPROVED))
+    approved = counts.checks_by_decision.get(int(Decision.APPROVED), 0)
     return pb.PlanAuditLog(
         plan_id=plan.plan_id,
         plan_version=plan.version,
@@ -48,20 +29,19 @@ def encode_audit_log(
         ),
         channel_allocation=_channel_allocation(view),
         summary=pb.AuditSummary(
-            checks_performed=len(checks),
-            outcomes_reported=len(outcomes),
+            checks_performed=counts.checks,
+            outcomes_reported=counts.outcomes,
             statuses=pb.DecisionCounts(
                 approved=approved,
-                denied=decisions.count(int(Decision.DENIED)),
-                conditions=decisions.count(int(Decision.CONDITIONS)),
+                denied=counts.checks_by_decision.get(int(Decision.DENIED), 0),
+                conditions=counts.checks_by_decision.get(int(Decision.CONDITIONS), 0),
             ),
-            findings_count=sum(c.findings_count for c in checks)
-            + sum(o.findings_count for o in outcomes),
+            findings_count=counts.findings,
             drift_metrics=pb.DriftMetrics(
-                auto_approval_rate=approved / len(checks) if checks else 0.0
+                auto_approval_rate=approved / counts.checks if counts.checks else 0.0
             ),
         ),
-        entries=_entries(plan.plan_id, checks, outcomes) if scope.include_entries else [],
+        entries=_entries(plan.plan_id, log.checks, log.outcomes),
         governed_actions=[
             pb.GovernedAction(
                 governance_context=c.governance_context,

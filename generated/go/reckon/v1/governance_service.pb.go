@@ -3229,16 +3229,21 @@ type GetPlanAuditLogsRequest struct {
 	// portfolio_plan_ids expand to their member plans.
 	PortfolioPlanIds []string `protobuf:"bytes,2,rep,name=portfolio_plan_ids,json=portfolioPlanIds,proto3" json:"portfolio_plan_ids,omitempty"`
 	// governance_contexts keeps only entries of these governed actions (and selects their plans
-	// when no plan is named).
+	// when no plan is named), at most 100.
 	GovernanceContexts []string `protobuf:"bytes,3,rep,name=governance_contexts,json=governanceContexts,proto3" json:"governance_contexts,omitempty"`
 	// purchase_types keeps only entries of these purchase types.
 	PurchaseTypes []PurchaseType `protobuf:"varint,4,rep,packed,name=purchase_types,json=purchaseTypes,proto3,enum=reckon.v1.PurchaseType" json:"purchase_types,omitempty"`
-	// include_entries returns every check and outcome in order.
+	// include_entries returns the checks and outcomes in order, a page at a time.
 	IncludeEntries bool `protobuf:"varint,5,opt,name=include_entries,json=includeEntries,proto3" json:"include_entries,omitempty"`
 	// context is opaque correlation data echoed in the response.
 	Context *structpb.Struct `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
 	// ext holds vendor extensions.
-	Ext           *structpb.Struct `protobuf:"bytes,7,opt,name=ext,proto3" json:"ext,omitempty"`
+	Ext *structpb.Struct `protobuf:"bytes,7,opt,name=ext,proto3" json:"ext,omitempty"`
+	// page_size caps the entries in one response, over all its plans: 1..1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,8,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues the entries from a previous response's next_page_token; empty for the
+	// first page. Only with include_entries.
+	PageToken     string `protobuf:"bytes,9,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3320,6 +3325,20 @@ func (x *GetPlanAuditLogsRequest) GetExt() *structpb.Struct {
 		return x.Ext
 	}
 	return nil
+}
+
+func (x *GetPlanAuditLogsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetPlanAuditLogsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 // BudgetState is a plan's budget in its audit log.
@@ -4277,7 +4296,12 @@ type GetPlanAuditLogsResponse struct {
 	// context echoes the request's context.
 	Context *structpb.Struct `protobuf:"bytes,2,opt,name=context,proto3" json:"context,omitempty"`
 	// ext holds vendor extensions.
-	Ext           *structpb.Struct `protobuf:"bytes,3,opt,name=ext,proto3" json:"ext,omitempty"`
+	Ext *structpb.Struct `protobuf:"bytes,3,opt,name=ext,proto3" json:"ext,omitempty"`
+	// next_page_token fetches the next page of entries; empty on the last page. Every page
+	// carries each plan's summary; a plan's entries over all pages are its whole trail, in order
+	// of timestamp then id. Stable under concurrent writes: a page never repeats or skips an
+	// entry that existed when the first page was read.
+	NextPageToken string `protobuf:"bytes,4,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4331,6 +4355,13 @@ func (x *GetPlanAuditLogsResponse) GetExt() *structpb.Struct {
 		return x.Ext
 	}
 	return nil
+}
+
+func (x *GetPlanAuditLogsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 var File_reckon_v1_governance_service_proto protoreflect.FileDescriptor
@@ -4578,7 +4609,7 @@ const file_reckon_v1_governance_service_proto_rawDesc = "" +
 	"\aplan_id\x18\x01 \x01(\tR\x06planId\"b\n" +
 	"\x0fGetPlanResponse\x12#\n" +
 	"\x04plan\x18\x01 \x01(\v2\x0f.reckon.v1.PlanR\x04plan\x12*\n" +
-	"\x05state\x18\x02 \x01(\v2\x14.reckon.v1.PlanStateR\x05state\"\xda\x02\n" +
+	"\x05state\x18\x02 \x01(\v2\x14.reckon.v1.PlanStateR\x05state\"\x96\x03\n" +
 	"\x17GetPlanAuditLogsRequest\x12\x19\n" +
 	"\bplan_ids\x18\x01 \x03(\tR\aplanIds\x12,\n" +
 	"\x12portfolio_plan_ids\x18\x02 \x03(\tR\x10portfolioPlanIds\x12/\n" +
@@ -4586,7 +4617,10 @@ const file_reckon_v1_governance_service_proto_rawDesc = "" +
 	"\x0epurchase_types\x18\x04 \x03(\x0e2\x17.reckon.v1.PurchaseTypeR\rpurchaseTypes\x12'\n" +
 	"\x0finclude_entries\x18\x05 \x01(\bR\x0eincludeEntries\x121\n" +
 	"\acontext\x18\x06 \x01(\v2\x17.google.protobuf.StructR\acontext\x12)\n" +
-	"\x03ext\x18\a \x01(\v2\x17.google.protobuf.StructR\x03ext\"\xb9\x01\n" +
+	"\x03ext\x18\a \x01(\v2\x17.google.protobuf.StructR\x03ext\x12\x1b\n" +
+	"\tpage_size\x18\b \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\t \x01(\tR\tpageToken\"\xb9\x01\n" +
 	"\vBudgetState\x12+\n" +
 	"\x11authorized_micros\x18\x01 \x01(\x03R\x10authorizedMicros\x12)\n" +
 	"\x10committed_micros\x18\x02 \x01(\x03R\x0fcommittedMicros\x12)\n" +
@@ -4678,11 +4712,12 @@ const file_reckon_v1_governance_service_proto_rawDesc = "" +
 	"\x12channel_allocation\x18\x05 \x03(\v2\x1c.reckon.v1.ChannelAllocationR\x11channelAllocation\x121\n" +
 	"\asummary\x18\x06 \x01(\v2\x17.reckon.v1.AuditSummaryR\asummary\x12/\n" +
 	"\aentries\x18\a \x03(\v2\x15.reckon.v1.AuditEntryR\aentries\x12D\n" +
-	"\x10governed_actions\x18\b \x03(\v2\x19.reckon.v1.GovernedActionR\x0fgovernedActions\"\xa7\x01\n" +
+	"\x10governed_actions\x18\b \x03(\v2\x19.reckon.v1.GovernedActionR\x0fgovernedActions\"\xcf\x01\n" +
 	"\x18GetPlanAuditLogsResponse\x12-\n" +
 	"\x05plans\x18\x01 \x03(\v2\x17.reckon.v1.PlanAuditLogR\x05plans\x121\n" +
 	"\acontext\x18\x02 \x01(\v2\x17.google.protobuf.StructR\acontext\x12)\n" +
-	"\x03ext\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x03ext*\xa8\x01\n" +
+	"\x03ext\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x03ext\x12&\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken*\xa8\x01\n" +
 	"\x13DelegationAuthority\x12$\n" +
 	" DELEGATION_AUTHORITY_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19DELEGATION_AUTHORITY_FULL\x10\x01\x12%\n" +

@@ -1811,8 +1811,16 @@ class GetPlanAuditLogsRequest(_message.Message):
     INCLUDE_ENTRIES_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     EXT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     include_entries: _builtins.bool
-    """include_entries returns every check and outcome in order."""
+    """include_entries returns the checks and outcomes in order, a page at a time."""
+    page_size: _builtins.int
+    """page_size caps the entries in one response, over all its plans: 1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """page_token continues the entries from a previous response's next_page_token; empty for the
+    first page. Only with include_entries.
+    """
     @_builtins.property
     def plan_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """plan_ids to read, at most 100."""
@@ -1824,7 +1832,7 @@ class GetPlanAuditLogsRequest(_message.Message):
     @_builtins.property
     def governance_contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """governance_contexts keeps only entries of these governed actions (and selects their plans
-        when no plan is named).
+        when no plan is named), at most 100.
         """
 
     @_builtins.property
@@ -1849,10 +1857,12 @@ class GetPlanAuditLogsRequest(_message.Message):
         include_entries: _builtins.bool = ...,
         context: _struct_pb2.Struct | None = ...,
         ext: _struct_pb2.Struct | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext", "governance_contexts", b"governance_contexts", "include_entries", b"include_entries", "plan_ids", b"plan_ids", "portfolio_plan_ids", b"portfolio_plan_ids", "purchase_types", b"purchase_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext", "governance_contexts", b"governance_contexts", "include_entries", b"include_entries", "page_size", b"page_size", "page_token", b"page_token", "plan_ids", b"plan_ids", "portfolio_plan_ids", b"portfolio_plan_ids", "purchase_types", b"purchase_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2352,6 +2362,13 @@ class GetPlanAuditLogsResponse(_message.Message):
     PLANS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     EXT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page of entries; empty on the last page. Every page
+    carries each plan's summary; a plan's entries over all pages are its whole trail, in order
+    of timestamp then id. Stable under concurrent writes: a page never repeats or skips an
+    entry that existed when the first page was read.
+    """
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAuditLog]:
         """plans in request order."""
@@ -2370,10 +2387,11 @@ class GetPlanAuditLogsResponse(_message.Message):
         plans: _abc.Iterable[Global___PlanAuditLog] | None = ...,
         context: _struct_pb2.Struct | None = ...,
         ext: _struct_pb2.Struct | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext", "plans", b"plans"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "ext", b"ext", "next_page_token", b"next_page_token", "plans", b"plans"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from grpc import aio
 
 from reckon.v1 import governance_service_pb2 as pb
-from reckon.v1 import governance_service_pb2_grpc
+from reckon.v1 import governance_service_pb2_grpc, types_pb2
+from reckon_server.clock import LATEST_MICROS, epoch_micros, from_epoch_micros
+from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
 from reckon_server.errors import FieldViolation, Reason, invalid
-from reckon_server.services.governance import GovernanceLedger, OutcomeResult
+from reckon_server.services.governance import (
+    EntriesPage,
+    GovernanceLedger,
+    OutcomeResult,
+    TrailPosition,
+)
+from reckon_server.storage.governance import AuditScope
 from reckon_server.transport import governance_codec as codec
-from reckon_server.transport.audit_logs import AuditScope, encode_audit_log
-from reckon_server.transport.codec import python_to_value, to_timestamp
+from reckon_server.transport.audit_logs import encode_audit_log
+from reckon_server.transport.codec import known_enum, python_to_value, to_timestamp
 from reckon_server.transport.context import current_principal
 
 Context = aio.ServicerContext[Any, Any]
@@ -142,8 +151,17 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
                     )
                 ],
             )
+        violations = [
+            FieldViolation(f"purchase_types[{i}]", "unknown purchase type")
+            for i, number in enumerate(request.purchase_types)
+            if not known_enum(types_pb2.PurchaseType, number)
+        ]
         if len(request.plan_ids) + len(request.portfolio_plan_ids) > 100:
-            raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_ids", "at most 100")])
+            violations.append(FieldViolation("plan_ids", "at most 100"))
+        if len(request.governance_contexts) > 100:
+            violations.append(FieldViolation("governance_contexts", "at most 100"))
+        if violations:
+            raise invalid(Reason.INVALID_REQUEST, violations)
         plan_ids = list(dict.fromkeys(request.plan_ids))
         for portfolio in request.portfolio_plan_ids:
             for member in await self._ledger.portfolio_members(principal, portfolio):
@@ -153,12 +171,43 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
         if not plan_ids:
             plan_ids = await self._ledger.plans_of_contexts(principal, list(contexts))
         scope = AuditScope(
-            set(request.governance_contexts), set(request.purchase_types), request.include_entries
+            frozenset(request.governance_contexts), frozenset(request.purchase_types)
         )
-        logs = [
-            encode_audit_log(view, plan_checks, outcomes, scope)
-            for view, plan_checks, outcomes in await self._ledger.audit_views(principal, plan_ids)
-        ]
+        limit = page_size(request.page_size)
+        entries = None
+        if request.include_entries:
+            token_scope = _audit_logs_token_scope(request)
+            after = None
+            if request.page_token:
+                after = _trail_position(decode_page_token(request.page_token, token_scope))
+            entries = EntriesPage(after, limit)
+        page = await self._ledger.audit_logs(principal, plan_ids, scope, entries)
+        token = ""
+        if page.last is not None:
+            position = [page.last.plan_id, epoch_micros(page.last.at), page.last.entry_id]
+            token = encode_page_token(position, token_scope)
         return pb.GetPlanAuditLogsResponse(
-            plans=logs, context=request.context if request.HasField("context") else None
+            plans=[encode_audit_log(log, scope) for log in page.logs],
+            context=request.context if request.HasField("context") else None,
+            next_page_token=token,
         )
+
+
+def _audit_logs_token_scope(request: pb.GetPlanAuditLogsRequest) -> str:
+    """Page tokens continue only the request that issued them (whatever its page size)."""
+    selection = pb.GetPlanAuditLogsRequest(
+        plan_ids=request.plan_ids,
+        portfolio_plan_ids=request.portfolio_plan_ids,
+        governance_contexts=request.governance_contexts,
+        purchase_types=request.purchase_types,
+    )
+    digest = hashlib.sha256(selection.SerializeToString(deterministic=True)).hexdigest()
+    return "plan-audit-logs:" + digest[:16]
+
+
+def _trail_position(position: Any) -> TrailPosition:
+    match position:
+        case [str(plan_id), int(at), str(entry_id)] if 0 <= at <= LATEST_MICROS:
+            return TrailPosition(plan_id, from_epoch_micros(at), entry_id)
+    violation = FieldViolation("page_token", "not a token from this API")
+    raise invalid(Reason.INVALID_REQUEST, [violation])
