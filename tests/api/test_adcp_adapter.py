@@ -205,6 +205,24 @@ async def test_the_seed_through_the_adapter_matches_the_schemas(
     }
     assert log["summary"]["checks_performed"] == 3
     assert log["summary"]["outcomes_reported"] == 4
+    assert "ext" not in logs
+
+    # Entries a page at a time, continued through Reckon's namespace in `ext`.
+    paged: list[dict[str, Any]] = []
+    paging: dict[str, Any] = {"page_size": 2}
+    while True:
+        page_args = {**logs_args, "ext": {"reckon": paging}}
+        validate(registry, "get-plan-audit-logs-request", page_args)
+        page = adcp.get_plan_audit_logs_response(
+            await stub.GetPlanAuditLogs(adcp.get_plan_audit_logs_request(page_args), metadata=md)
+        )
+        validate(registry, "get-plan-audit-logs-response", page)
+        paged.extend(page["plans"][0].get("entries", []))
+        if "ext" not in page:
+            break
+        paging = {"page_size": 2, "page_token": page["ext"]["reckon"]["next_page_token"]}
+    assert paged == log["entries"]
+    assert len(paged) == 7
 
 
 async def test_conditions_and_denials_match_the_schema(

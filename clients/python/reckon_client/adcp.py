@@ -20,6 +20,8 @@ from reckon.v1 import types_pb2
 from reckon_client.money import from_micros, to_micros
 
 Json = dict[str, Any]
+EXT_KEY = "reckon"
+"""Reckon's namespace in AdCP `ext` objects."""
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -454,6 +456,10 @@ def report_plan_outcome_response(response: pb.ReportPlanOutcomeResponse) -> Json
 
 
 def get_plan_audit_logs_request(arguments: Mapping[str, Any]) -> pb.GetPlanAuditLogsRequest:
+    """AdCP has no paging: entries come a page at a time, continued by
+    `ext.reckon.page_token` (from the previous response's `ext.reckon.next_page_token`), with
+    `ext.reckon.page_size` entries per page."""
+    paging = (arguments.get("ext") or {}).get(EXT_KEY) or {}
     return pb.GetPlanAuditLogsRequest(
         plan_ids=arguments.get("plan_ids", []),
         portfolio_plan_ids=arguments.get("portfolio_plan_ids", []),
@@ -462,6 +468,8 @@ def get_plan_audit_logs_request(arguments: Mapping[str, Any]) -> pb.GetPlanAudit
         include_entries=bool(arguments.get("include_entries", False)),
         context=_struct(arguments.get("context")),
         ext=_struct(arguments.get("ext")),
+        page_size=int(paging.get("page_size", 0)),
+        page_token=str(paging.get("page_token", "")),
     )
 
 
@@ -529,7 +537,10 @@ def get_plan_audit_logs_response(response: pb.GetPlanAuditLogsResponse) -> Json:
         if log.entries:
             plan["entries"] = [_entry(e) for e in log.entries]
         plans.append(plan)
-    return _echo({"plans": plans}, response)
+    out = _echo({"plans": plans}, response)
+    if response.next_page_token:
+        out.setdefault("ext", {})[EXT_KEY] = {"next_page_token": response.next_page_token}
+    return out
 
 
 def _entry(entry: pb.AuditEntry) -> Json:

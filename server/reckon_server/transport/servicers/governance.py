@@ -160,6 +160,8 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
             violations.append(FieldViolation("plan_ids", "at most 100"))
         if len(request.governance_contexts) > 100:
             violations.append(FieldViolation("governance_contexts", "at most 100"))
+        if request.page_token and not request.include_entries:
+            violations.append(FieldViolation("page_token", "pages entries: set include_entries"))
         if violations:
             raise invalid(Reason.INVALID_REQUEST, violations)
         plan_ids = list(dict.fromkeys(request.plan_ids))
