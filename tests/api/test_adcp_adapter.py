@@ -205,24 +205,17 @@ async def test_the_seed_through_the_adapter_matches_the_schemas(
     }
     assert log["summary"]["checks_performed"] == 3
     assert log["summary"]["outcomes_reported"] == 4
-    assert "ext" not in logs
 
-    # Entries a page at a time, continued through Reckon's namespace in `ext`.
-    paged: list[dict[str, Any]] = []
-    paging: dict[str, Any] = {"page_size": 2}
-    while True:
-        page_args = {**logs_args, "ext": {"reckon": paging}}
-        validate(registry, "get-plan-audit-logs-request", page_args)
-        page = adcp.get_plan_audit_logs_response(
-            await stub.GetPlanAuditLogs(adcp.get_plan_audit_logs_request(page_args), metadata=md)
-        )
-        validate(registry, "get-plan-audit-logs-response", page)
-        paged.extend(page["plans"][0].get("entries", []))
-        if "ext" not in page:
-            break
-        paging = {"page_size": 2, "page_token": page["ext"]["reckon"]["next_page_token"]}
-    assert paged == log["entries"]
-    assert len(paged) == 7
+    # Entries a page at a time, joined into AdCP's one document.
+    request = adcp.get_plan_audit_logs_request(logs_args)
+    request.page_size = 3
+    pages = [await stub.GetPlanAuditLogs(request, metadata=md)]
+    while pages[-1].next_page_token:
+        request.page_token = pages[-1].next_page_token
+        pages.append(await stub.GetPlanAuditLogs(request, metadata=md))
+    assert len(pages) == 3
+    assert adcp.get_plan_audit_logs_response(*pages) == logs
+    assert await adcp.get_plan_audit_logs(stub, logs_args, md) == logs
 
 
 async def test_conditions_and_denials_match_the_schema(

@@ -4,13 +4,14 @@ Requests: `sync_plans`, `check_governance`, `report_plan_outcome` and `get_plan_
 arguments (AdCP JSON: amounts in currency units, lowercase enum strings, ISO 8601 times)
 become request messages. Responses become AdCP JSON. Amounts convert exactly through Decimal;
 a number that is not a whole number of micros is refused rather than rounded.
+`get_plan_audit_logs` calls the server itself: AdCP's one document is several pages here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -19,9 +20,10 @@ from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
 from reckon_client.money import from_micros, to_micros
 
+if TYPE_CHECKING:
+    from reckon.v1.governance_service_pb2_grpc import GovernanceServiceAsyncStub
+
 Json = dict[str, Any]
-EXT_KEY = "reckon"
-"""Reckon's namespace in AdCP `ext` objects."""
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -456,10 +458,6 @@ def report_plan_outcome_response(response: pb.ReportPlanOutcomeResponse) -> Json
 
 
 def get_plan_audit_logs_request(arguments: Mapping[str, Any]) -> pb.GetPlanAuditLogsRequest:
-    """AdCP has no paging: entries come a page at a time, continued by
-    `ext.reckon.page_token` (from the previous response's `ext.reckon.next_page_token`), with
-    `ext.reckon.page_size` entries per page."""
-    paging = (arguments.get("ext") or {}).get(EXT_KEY) or {}
     return pb.GetPlanAuditLogsRequest(
         plan_ids=arguments.get("plan_ids", []),
         portfolio_plan_ids=arguments.get("portfolio_plan_ids", []),
@@ -468,14 +466,36 @@ def get_plan_audit_logs_request(arguments: Mapping[str, Any]) -> pb.GetPlanAudit
         include_entries=bool(arguments.get("include_entries", False)),
         context=_struct(arguments.get("context")),
         ext=_struct(arguments.get("ext")),
-        page_size=int(paging.get("page_size", 0)),
-        page_token=str(paging.get("page_token", "")),
     )
 
 
-def get_plan_audit_logs_response(response: pb.GetPlanAuditLogsResponse) -> Json:
+async def get_plan_audit_logs(
+    governance: GovernanceServiceAsyncStub,
+    arguments: Mapping[str, Any],
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> Json:
+    """get_plan_audit_logs as AdCP's one document. AdCP has no paging: this reads every page of
+    entries and joins them into the first page's plans."""
+    request = get_plan_audit_logs_request(arguments)
+    request.page_size = 1000
+    pages = [await governance.GetPlanAuditLogs(request, metadata=metadata)]
+    while pages[-1].next_page_token:
+        request.page_token = pages[-1].next_page_token
+        pages.append(await governance.GetPlanAuditLogs(request, metadata=metadata))
+    return get_plan_audit_logs_response(*pages)
+
+
+def get_plan_audit_logs_response(
+    first: pb.GetPlanAuditLogsResponse, *later: pb.GetPlanAuditLogsResponse
+) -> Json:
+    """AdCP JSON of a first page and of the `later` pages that followed it by next_page_token
+    (they add entries only)."""
+    later_entries: dict[str, list[pb.AuditEntry]] = {}
+    for page in later:
+        for log in page.plans:
+            later_entries.setdefault(log.plan_id, []).extend(log.entries)
     plans = []
-    for log in response.plans:
+    for log in first.plans:
         summary = log.summary
         plan: Json = {
             "plan_id": log.plan_id,
@@ -534,13 +554,11 @@ def get_plan_audit_logs_response(response: pb.GetPlanAuditLogsResponse) -> Json:
                 for a in log.governed_actions
             ],
         }
-        if log.entries:
-            plan["entries"] = [_entry(e) for e in log.entries]
+        entries = [*log.entries, *later_entries.get(log.plan_id, [])]
+        if entries:
+            plan["entries"] = [_entry(e) for e in entries]
         plans.append(plan)
-    out = _echo({"plans": plans}, response)
-    if response.next_page_token:
-        out.setdefault("ext", {})[EXT_KEY] = {"next_page_token": response.next_page_token}
-    return out
+    return _echo({"plans": plans}, first)
 
 
 def _entry(entry: pb.AuditEntry) -> Json:

@@ -166,8 +166,10 @@ class EntriesPage:
 
 @dataclass
 class PlanAuditLog:
-    view: PlanView
-    counts: store.AuditCounts
+    plan_id: str
+    summary: tuple[PlanView, store.AuditCounts] | None
+    """None on pages after the first: counting a long trail again for every page would cost
+    each page as much as the whole trail's count."""
     checks: list[store.StoredCheck] = field(default_factory=list)
     outcomes: list[Any] = field(default_factory=list)
     """Outcome rows."""
@@ -736,10 +738,12 @@ class GovernanceLedger:
         async with self._db.read() as conn:
             for index, plan_id in enumerate(plan_ids):
                 plan = await self._visible_plan(conn, principal, plan_id)
-                log = PlanAuditLog(
-                    await _view(conn, plan, now),
-                    await store.audit_counts(conn, principal.org_id, plan_id, scope),
-                )
+                log = PlanAuditLog(plan_id, None)
+                if entries is None or entries.after is None:
+                    log.summary = (
+                        await _view(conn, plan, now),
+                        await store.audit_counts(conn, principal.org_id, plan_id, scope),
+                    )
                 if entries is not None and index >= start and not more:
                     after = None
                     if index == start and entries.after is not None:

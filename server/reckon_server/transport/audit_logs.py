@@ -14,7 +14,10 @@ from reckon_server.transport.governance_codec import encode_stored_finding
 
 
 def encode_audit_log(log: PlanAuditLog, scope: AuditScope) -> pb.PlanAuditLog:
-    view, counts = log.view, log.counts
+    entries = _entries(log.plan_id, log.checks, log.outcomes)
+    if log.summary is None:
+        return pb.PlanAuditLog(plan_id=log.plan_id, entries=entries)
+    view, counts = log.summary
     plan = view.plan
     approved = counts.checks_by_decision.get(int(Decision.APPROVED), 0)
     return pb.PlanAuditLog(
@@ -41,7 +44,7 @@ def encode_audit_log(log: PlanAuditLog, scope: AuditScope) -> pb.PlanAuditLog:
                 auto_approval_rate=approved / counts.checks if counts.checks else 0.0
             ),
         ),
-        entries=_entries(plan.plan_id, log.checks, log.outcomes),
+        entries=entries,
         governed_actions=[
             pb.GovernedAction(
                 governance_context=c.governance_context,

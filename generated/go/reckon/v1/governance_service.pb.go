@@ -4297,10 +4297,11 @@ type GetPlanAuditLogsResponse struct {
 	Context *structpb.Struct `protobuf:"bytes,2,opt,name=context,proto3" json:"context,omitempty"`
 	// ext holds vendor extensions.
 	Ext *structpb.Struct `protobuf:"bytes,3,opt,name=ext,proto3" json:"ext,omitempty"`
-	// next_page_token fetches the next page of entries; empty on the last page. Every page
-	// carries each plan's summary; a plan's entries over all pages are its whole trail, in order
-	// of timestamp then id. Stable under concurrent writes: a page never repeats or skips an
-	// entry that existed when the first page was read.
+	// next_page_token fetches the next page of entries; empty on the last page. The first page
+	// carries each plan's whole log; later pages only each plan's plan_id and entries. A plan's
+	// entries over all pages are its whole trail, in order of timestamp then id. Stable under
+	// concurrent writes: paging never repeats an entry, nor skips one that existed when the
+	// first page was read.
 	NextPageToken string `protobuf:"bytes,4,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

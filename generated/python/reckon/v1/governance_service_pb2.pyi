@@ -2364,10 +2364,11 @@ class GetPlanAuditLogsResponse(_message.Message):
     EXT_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token fetches the next page of entries; empty on the last page. Every page
-    carries each plan's summary; a plan's entries over all pages are its whole trail, in order
-    of timestamp then id. Stable under concurrent writes: a page never repeats or skips an
-    entry that existed when the first page was read.
+    """next_page_token fetches the next page of entries; empty on the last page. The first page
+    carries each plan's whole log; later pages only each plan's plan_id and entries. A plan's
+    entries over all pages are its whole trail, in order of timestamp then id. Stable under
+    concurrent writes: paging never repeats an entry, nor skips one that existed when the
+    first page was read.
     """
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAuditLog]:

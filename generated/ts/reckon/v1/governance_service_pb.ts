@@ -2283,10 +2283,11 @@ export type GetPlanAuditLogsResponse = Message<"reckon.v1.GetPlanAuditLogsRespon
   ext?: JsonObject | undefined;
 
   /**
-   * next_page_token fetches the next page of entries; empty on the last page. Every page
-   * carries each plan's summary; a plan's entries over all pages are its whole trail, in order
-   * of timestamp then id. Stable under concurrent writes: a page never repeats or skips an
-   * entry that existed when the first page was read.
+   * next_page_token fetches the next page of entries; empty on the last page. The first page
+   * carries each plan's whole log; later pages only each plan's plan_id and entries. A plan's
+   * entries over all pages are its whole trail, in order of timestamp then id. Stable under
+   * concurrent writes: paging never repeats an entry, nor skips one that existed when the
+   * first page was read.
    *
    * @generated from field: string next_page_token = 4;
    */
