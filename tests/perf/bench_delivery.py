@@ -8,8 +8,9 @@ also printed with each report's outcome row inserted as well, both rows StreamDe
 and with both going into in-memory tables without keys: the sqlite3 module's own cost),
 (c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
-separate process. `--soak N` streams N reports to SQLite and prints the server's RSS
-as it goes.
+separate process. `--soak N` streams N reports to SQLite and prints the server's RSS as it
+goes, and how long GetPlanAuditLogs takes over the growing plan: its first page (with the
+summary that counts the whole trail) and its next page of 1,000 entries.
 """
 
 from __future__ import annotations
@@ -194,6 +195,22 @@ async def reckon_run(
         await server.stop()
 
 
+async def audit_log_latency(target: str, key: str) -> tuple[float, float]:
+    """Milliseconds GetPlanAuditLogs takes for the plan's summary (which counts its whole trail)
+    and for the second page of 1,000 entries (a keyset page: the same wherever it starts)."""
+    request = pb.GetPlanAuditLogsRequest(plan_ids=[PLAN], include_entries=True, page_size=1000)
+    async with aio.insecure_channel(target) as channel:
+        stub, md = Stubs.on(channel).governance, (("authorization", f"Bearer {key}"),)
+        started = time.perf_counter()
+        first = await stub.GetPlanAuditLogs(request, metadata=md)
+        summary = time.perf_counter() - started
+        request.page_token = first.next_page_token
+        started = time.perf_counter()
+        await stub.GetPlanAuditLogs(request, metadata=md)
+        page = time.perf_counter() - started
+    return 1000 * summary, 1000 * page
+
+
 async def soak(reports: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         admin = new_secret()
@@ -204,10 +221,12 @@ async def soak(reports: int) -> None:
             for sent in range(0, reports, chunk):
                 size = min(chunk, reports - sent)
                 result = await client(server.target, key, f"soak-{sent}", size, first=sent)
+                summary_ms, page_ms = await audit_log_latency(server.target, key)
                 print(
                     f"{sent + size:>11,} reports  "
                     f"{result['reports'] / result['seconds']:>9,.0f}/s  "
-                    f"RSS {server.rss_mib():.0f} MiB (peak {server.peak_rss_mib():.0f} MiB)",
+                    f"RSS {server.rss_mib():.0f} MiB (peak {server.peak_rss_mib():.0f} MiB)  "
+                    f"audit log: first page {summary_ms:,.0f} ms, next {page_ms:,.0f} ms",
                     flush=True,
                 )
         finally:
