@@ -19,8 +19,9 @@ from reckon_server.services.governance import GovernanceLedger, plan_topic
 from reckon_server.services.notify import Notifier
 from reckon_server.storage import delivery as store
 from reckon_server.storage.database import Database
+from reckon_server.storage.governance import AuditScope, StoredCheck, trail_after
 from reckon_server.storage.group_commit import GroupCommitter
-from reckon_server.storage.schema import checks, plan_outcomes, plans
+from reckon_server.storage.schema import plans
 
 
 @dataclass(frozen=True)
@@ -115,52 +116,31 @@ class DeliveryLedger:
     ) -> tuple[list[PlanChange], tuple[int, int]]:
         """Checks and outcomes of the plan after the (created_at, id) watermark, oldest
         first, and the plan's (status, version) now."""
-        org_id = principal.org_id
-        ts, last_id = after
         async with self._db.read() as conn:
-            rows: list[PlanChange] = []
-            for table, id_column in (
-                (checks, checks.c.check_id),
-                (plan_outcomes, plan_outcomes.c.outcome_id),
-            ):
-                created = table.c.created_at
-                query = (
-                    sa.select(table)
-                    .where(
-                        table.c.org_id == org_id,
-                        table.c.plan_id == plan_id,
-                        sa.or_(created > ts, sa.and_(created == ts, id_column > last_id)),
-                    )
-                    .order_by(created, id_column)
-                    .limit(limit + 1)
-                )
-                for r in await conn.execute(query):
-                    rows.append(
-                        PlanChange(
-                            _kind(r),
-                            r._mapping[id_column.name],
-                            r.created_at,
-                            (r.response or {}).get("findings", []),
-                        )
-                    )
+            entries = await trail_after(
+                conn, principal.org_id, plan_id, AuditScope(), after=after, limit=limit + 1
+            )
             plan = (
                 await conn.execute(
                     sa.select(plans.c.status, plans.c.version).where(
-                        plans.c.org_id == org_id, plans.c.plan_id == plan_id
+                        plans.c.org_id == principal.org_id, plans.c.plan_id == plan_id
                     )
                 )
             ).one()
-        rows.sort(key=lambda c: (c.created_at, c.row_id))
-        return rows[: limit + 1], (int(plan.status), int(plan.version))
+        changes = [
+            PlanChange(_kind(entry), entry_id, at, (entry.response or {}).get("findings", []))
+            for at, entry_id, entry in entries
+        ]
+        return changes, (int(plan.status), int(plan.version))
 
     async def wait_for_change(self, principal: Principal, plan_id: str, within: float) -> None:
         await self._notifier.wait(plan_topic(principal.org_id, plan_id), within)
 
 
-def _kind(row: Any) -> str:
-    if "check_id" in row._mapping and "outcome_id" not in row._mapping:
+def _kind(entry: StoredCheck | Any) -> str:
+    if isinstance(entry, StoredCheck):
         return "check"
-    return "delivery" if row.outcome == 3 else "commitment"
+    return "delivery" if entry.outcome == 3 else "commitment"
 
 
 def _stream_rules(facts: store.CampaignFacts, *, threshold_pct: int) -> store.ReportRules:

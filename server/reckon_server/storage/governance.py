@@ -356,8 +356,8 @@ async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
 class AuditScope:
     """Which checks and outcomes of a plan an audit log covers: empty sets mean all."""
 
-    governance_contexts: frozenset[str]
-    purchase_types: frozenset[int]
+    governance_contexts: frozenset[str] = frozenset()
+    purchase_types: frozenset[int] = frozenset()
 
     def keeps(self, governance_context: str, purchase_type: int) -> bool:
         return (
