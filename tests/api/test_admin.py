@@ -8,7 +8,7 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2 as pb
 from reckon.v1 import audit_service_pb2
-from tests.support.api import RunningServer, bearer, decode
+from tests.support.api import RunningServer, bearer, decode, forged_tokens
 
 
 async def test_registered_agent_key_works_and_revocation_is_immediate(api: RunningServer) -> None:
@@ -88,6 +88,18 @@ async def test_list_agents_pages_by_name(api: RunningServer) -> None:
         if not token:
             break
     assert names == ["admin", *(f"agent-{i:02d}" for i in range(7))]
+    issued = (
+        await api.stubs.admin.ListAgents(
+            pb.ListAgentsRequest(page_size=1), metadata=bearer(api.admin_key)
+        )
+    ).next_page_token
+    for forged in forged_tokens(issued):
+        with pytest.raises(aio.AioRpcError) as raised:
+            await api.stubs.admin.ListAgents(
+                pb.ListAgentsRequest(page_token=forged), metadata=bearer(api.admin_key)
+            )
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
 
 
 @pytest.mark.parametrize("name", ["", "has space", "x" * 129, "émoji🙂", "semi;colon"])

@@ -15,7 +15,7 @@ from grpc import aio
 from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import audit_service_pb2 as pb
 from reckon_server.storage.database import Database
-from tests.support.api import RunningServer, bearer, decode
+from tests.support.api import RunningServer, bearer, decode, forged_tokens
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -540,6 +540,7 @@ async def test_page_tokens_are_bound_to_their_filter(api: RunningServer) -> None
         ),
         pb.ListAuditEventsRequest(page_token="garbage!"),
         pb.ListAuditEventsRequest(page_size=1001),
+        *(pb.ListAuditEventsRequest(page_token=t) for t in forged_tokens(page.next_page_token)),
     ):
         error = decode(await failure(api.stubs.audit.ListAuditEvents(bad, metadata=bearer(agent))))
         assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")

@@ -16,7 +16,7 @@ from grpc import aio
 from reckon.v1 import delivery_service_pb2 as dpb
 from reckon.v1 import governance_service_pb2 as pb
 from reckon_client import DeliveryStreamer, Reckon
-from tests.support.api import DecodedError, RunningServer, bearer, decode
+from tests.support.api import DecodedError, RunningServer, bearer, decode, forged_tokens
 from tests.support.delivery import committed_plan
 from tests.support.governance import Buyer, plan, seed_payload
 from tests.support.producer import minute_report
@@ -179,14 +179,14 @@ async def test_page_tokens_and_filters_are_checked(buyer: Buyer) -> None:
         "page_token",
     )
     assert await violation(plan_ids=["a", "b"], page_token=token) == ("page_token",)
-    position = json.loads(base64.urlsafe_b64decode(token + "=="))
-    for forged in (["c", *position["p"][1:]], [position["p"][0], -1, "x"], "a"):
-        forged_token = base64.urlsafe_b64encode(
-            json.dumps({"p": forged, "s": position["s"]}).encode()
-        ).decode()
-        assert await violation(
-            plan_ids=["a", "b"], include_entries=True, page_token=forged_token
-        ) == ("page_token",)
+    issued = json.loads(base64.urlsafe_b64decode(token + "=="))
+    # A position in a plan the request does not select.
+    elsewhere = {"p": ["c", *issued["p"][1:]], "s": issued["s"]}
+    moved = base64.urlsafe_b64encode(json.dumps(elsewhere).encode()).decode()
+    for forged in [moved, *forged_tokens(token)]:
+        assert await violation(plan_ids=["a", "b"], include_entries=True, page_token=forged) == (
+            "page_token",
+        )
     assert await violation(plan_ids=["a"], include_entries=True, page_size=1001) == ("page_size",)
     assert await violation(plan_ids=["a"], purchase_types=[0, 99]) == (
         "purchase_types[0]",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -34,6 +37,32 @@ def new_secret() -> str:
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
+
+
+def forged_tokens(issued: str) -> list[str]:
+    """Page tokens a client could make from an `issued` one: other positions under the same
+    filter, a deep nesting, an oversized token. A server must refuse each as INVALID_ARGUMENT."""
+    scope = json.loads(base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4)))["s"]
+    positions: list[Any] = [
+        -1,
+        2**63,
+        10**30,
+        1.5,
+        True,
+        None,
+        "nul\x00",
+        "y" * 300,
+        [],
+        ["a", 1, "b", 2],
+        ["a", 2**62, "b"],
+        ["a\x00", 1, "b"],
+        {"p": 1},
+    ]
+    tokens = [
+        base64.urlsafe_b64encode(json.dumps({"p": p, "s": scope}).encode()).decode()
+        for p in positions
+    ]
+    return [*tokens, base64.urlsafe_b64encode(b"[" * 1400).decode(), issued + "A" * 2048]
 
 
 @dataclass

@@ -8,7 +8,12 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2 as pb
 from reckon.v1 import admin_service_pb2_grpc
-from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
+from reckon_server.domain.paging import (
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    text_position,
+)
 from reckon_server.domain.principals import Role, validate_name
 from reckon_server.errors import FieldViolation, Reason, invalid, not_found
 from reckon_server.services.audit import AuditLedger
@@ -61,7 +66,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         admin = current_admin("ListAgents")
         limit = page_size(request.page_size)
         after = (
-            str(decode_page_token(request.page_token, _LIST_AGENTS)) if request.page_token else ""
+            decode_page_token(request.page_token, _LIST_AGENTS, text_position)
+            if request.page_token
+            else ""
         )
         async with self._db.read() as conn:
             records = await principal_store.list_principals(

@@ -11,7 +11,12 @@ from grpc import aio
 from reckon.v1 import audit_service_pb2 as pb
 from reckon.v1 import audit_service_pb2_grpc, types_pb2
 from reckon_server.domain.audit import parse_audit_event_id, validate_action, validate_report
-from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
+from reckon_server.domain.paging import (
+    decode_page_token,
+    encode_page_token,
+    int64_position,
+    page_size,
+)
 from reckon_server.errors import FieldViolation, Reason, invalid
 from reckon_server.services.audit import AuditLedger
 from reckon_server.storage.audit import (
@@ -99,7 +104,11 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             "audit:"
             + hashlib.sha256(request.filter.SerializeToString(deterministic=True)).hexdigest()[:16]
         )
-        before = int(decode_page_token(request.page_token, scope)) if request.page_token else None
+        before = (
+            decode_page_token(request.page_token, scope, int64_position)
+            if request.page_token
+            else None
+        )
         limit = page_size(request.page_size)
         records = await self._ledger.list(current_principal(), where, before, limit + 1)
         token = (

@@ -10,7 +10,13 @@ from grpc import aio
 from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import governance_service_pb2_grpc, types_pb2
 from reckon_server.clock import LATEST_MICROS, epoch_micros, from_epoch_micros
-from reckon_server.domain.paging import decode_page_token, encode_page_token, page_size
+from reckon_server.domain.paging import (
+    decode_page_token,
+    encode_page_token,
+    int64_position,
+    page_size,
+    text_position,
+)
 from reckon_server.errors import FieldViolation, Reason, invalid
 from reckon_server.services.governance import (
     EntriesPage,
@@ -181,7 +187,7 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
             token_scope = _audit_logs_token_scope(request)
             after = None
             if request.page_token:
-                after = _trail_position(decode_page_token(request.page_token, token_scope))
+                after = decode_page_token(request.page_token, token_scope, _trail_position)
             entries = EntriesPage(after, limit)
         page = await self._ledger.audit_logs(principal, plan_ids, scope, entries)
         token = ""
@@ -208,8 +214,7 @@ def _audit_logs_token_scope(request: pb.GetPlanAuditLogsRequest) -> str:
 
 
 def _trail_position(position: Any) -> TrailPosition:
-    match position:
-        case [str(plan_id), int(at), str(entry_id)] if 0 <= at <= LATEST_MICROS:
-            return TrailPosition(plan_id, from_epoch_micros(at), entry_id)
-    violation = FieldViolation("page_token", "not a token from this API")
-    raise invalid(Reason.INVALID_REQUEST, [violation])
+    plan_id, at, entry_id = position
+    if int64_position(at) > LATEST_MICROS:
+        raise ValueError("not a stored time")
+    return TrailPosition(text_position(plan_id), from_epoch_micros(at), text_position(entry_id))
