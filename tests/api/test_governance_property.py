@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reckon.v1 import governance_service_pb2 as pb
-from tests.support.api import RunningServer, decode
+from tests.support.api import RunningServer, bearer, decode
 from tests.support.governance import Buyer, M, plan, seed_payload, seed_seller_response
 
 # One step: (campaign index, kind) — kind 0 completes with the first key, 1 retries that key,
@@ -76,6 +76,10 @@ async def test_committed_equals_accepted_settlements(
         settled[check.check_id] = (response.outcome_id, response.committed_budget_micros)
     state = await buyer.state(plan_id)
     assert state.committed_micros == sum(c for _, c in settled.values())
+    logs = await buyer.stub.GetPlanAuditLogs(
+        pb.GetPlanAuditLogsRequest(plan_ids=[plan_id]), metadata=bearer(buyer.key)
+    )
+    assert logs.plans[0].summary.outcomes_reported == len(settled)
     assert state.reserved_micros == sum(
         c.reserved_micros for c in checks if c.check_id not in settled
     )

@@ -41,6 +41,21 @@ async def stored_next_seq(database_url: str, stream_id: str) -> int:
     return int(next_seq)
 
 
+async def assert_tallies_count_the_outcomes(database_url: str) -> None:
+    """The outcome tallies that audit summaries read hold exactly what the stored outcomes
+    add up to."""
+    key = "org_id, plan_id, governance_context, purchase_type"
+    counted = await stored_rows(
+        database_url,
+        f"SELECT {key}, count(*), sum(findings_count) FROM plan_outcomes GROUP BY {key}",
+    )
+    tallied = await stored_rows(
+        database_url, f"SELECT {key}, outcomes, findings FROM plan_outcome_tallies"
+    )
+    assert counted, "no outcomes stored"
+    assert sorted(tallied) == sorted(counted)
+
+
 class RawStream:
     """One StreamDelivery connection driven message by message."""
 

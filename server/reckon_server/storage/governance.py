@@ -15,10 +15,11 @@ from reckon_server.storage.schema import (
     checks,
     delivery_periods,
     idempotency,
+    outcome_tallies,
     plan_outcomes,
     plans,
 )
-from reckon_server.storage.sql import first_or_none, insert
+from reckon_server.storage.sql import BulkStatement, dialect_insert, first_or_none, insert
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,31 @@ async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) ->
 
 async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(sa.insert(plan_outcomes).values(**values))
+    tally = (*(values[c] for c in _TALLY_KEY), 1, values["findings_count"])
+    await conn.run_sync(ADD_TO_TALLIES.write, [tally])
+
+
+_TALLY_KEY = ("org_id", "plan_id", "governance_context", "purchase_type")
+_TALLY_COLUMNS = tuple(outcome_tallies.columns.keys())
+
+
+def _add_to_tallies(dialect_name: str) -> sa.ClauseElement:
+    statement = dialect_insert(dialect_name, outcome_tallies).values(
+        {c: sa.bindparam(c) for c in _TALLY_COLUMNS}
+    )
+    return statement.on_conflict_do_update(
+        index_elements=list(_TALLY_KEY),
+        set_={
+            "outcomes": outcome_tallies.c.outcomes + statement.excluded.outcomes,
+            "findings": outcome_tallies.c.findings + statement.excluded.findings,
+        },
+    )
+
+
+ADD_TO_TALLIES = BulkStatement(_add_to_tallies, _TALLY_COLUMNS)
+"""Adds rows of (org, plan, governance context, purchase type, outcomes, findings) to the
+plan's outcome tallies, in the transaction that inserts those outcomes. Rows in key order:
+on PostgreSQL, concurrent transactions then lock tallies in the same order."""
 
 
 @dataclass(frozen=True)
@@ -402,8 +428,9 @@ async def audit_counts(
     outcome_count, outcome_findings = (
         await conn.execute(
             sa.select(
-                sa.func.count(), sa.func.coalesce(sa.func.sum(plan_outcomes.c.findings_count), 0)
-            ).where(*scope.where(plan_outcomes, org_id, plan_id))
+                sa.func.coalesce(sa.func.sum(outcome_tallies.c.outcomes), 0),
+                sa.func.coalesce(sa.func.sum(outcome_tallies.c.findings), 0),
+            ).where(*scope.where(outcome_tallies, org_id, plan_id))
         )
     ).one()
     return AuditCounts(by_decision, int(outcome_count), check_findings + int(outcome_findings))

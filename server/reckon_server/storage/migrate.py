@@ -29,15 +29,15 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade(database: Database) -> str:
-    """Bring the schema to the newest revision; returns that revision."""
+async def upgrade(database: Database, revision: str = "head") -> str:
+    """Bring the schema to `revision` (the newest by default); returns that revision."""
     async with database.engine.begin() as conn:
         if not database.is_sqlite:
             await conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
             )
-        await conn.run_sync(_upgrade)
-    return head_revision()
+        await conn.run_sync(_upgrade, revision)
+    return head_revision() if revision == "head" else revision
 
 
 async def current_revision(database: Database) -> str | None:
@@ -47,7 +47,7 @@ async def current_revision(database: Database) -> str | None:
         )
 
 
-def _upgrade(connection: sa.Connection) -> None:
+def _upgrade(connection: sa.Connection, revision: str) -> None:
     config = _config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)

@@ -236,6 +236,21 @@ class PlanOutcomeRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
 
 
+class OutcomeTallyRow(Base):
+    """How many outcomes a plan has of one governed action and purchase type, and their
+    findings: kept in the transaction of every outcome, so that an audit summary never
+    counts a trail that a delivery stream makes millions long."""
+
+    __tablename__ = "plan_outcome_tallies"
+
+    org_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    governance_context: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    purchase_type: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    outcomes: Mapped[int] = mapped_column(sa.BigInteger)
+    findings: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class DeliveryPeriodRow(Base):
     """Absolute delivery totals of one campaign for one reporting period: re-sending a
     period replaces it, so spend is never counted twice."""
@@ -295,5 +310,6 @@ campaigns = cast(sa.Table, CampaignRow.__table__)
 checks = cast(sa.Table, CheckRow.__table__)
 plan_outcomes = cast(sa.Table, PlanOutcomeRow.__table__)
 delivery_periods = cast(sa.Table, DeliveryPeriodRow.__table__)
+outcome_tallies = cast(sa.Table, OutcomeTallyRow.__table__)
 idempotency = cast(sa.Table, IdempotencyRow.__table__)
 delivery_streams = cast(sa.Table, DeliveryStreamRow.__table__)
