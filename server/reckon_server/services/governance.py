@@ -168,8 +168,7 @@ class EntriesPage:
 class PlanAuditLog:
     plan_id: str
     summary: tuple[PlanView, store.AuditCounts] | None
-    """None on pages after the first: counting a long trail again for every page would cost
-    each page as much as the whole trail's count."""
+    """None on pages after the first, which carry entries only."""
     checks: list[store.StoredCheck] = field(default_factory=list)
     outcomes: list[Any] = field(default_factory=list)
     """Outcome rows."""

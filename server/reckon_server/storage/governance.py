@@ -401,7 +401,7 @@ class AuditScope:
 
 @dataclass(frozen=True)
 class AuditCounts:
-    """A plan's checks and outcomes within an audit scope, counted by the database."""
+    """How many checks and outcomes of a plan are within an audit scope, and their findings."""
 
     checks_by_decision: dict[int, int]
     outcomes: int
