@@ -407,10 +407,12 @@ class ApplyDeliveryBatches:
             applied.append(done)
         _UPSERT_PERIODS.write(conn, period_rows)
         _INSERT_OUTCOMES.write(conn, outcome_rows)
-        ADD_TO_TALLIES.write(conn, _tallies(outcome_rows))
         # A campaign is looked up only for a report that is then applied to it.
         touched = sorted(lookups.by_context)
         _SET_CAMPAIGN_SPEND.write(conn, [(totals[c], c) for c in touched])
+        # After the campaigns, as a unary outcome takes them: on PostgreSQL both lock a
+        # campaign before its tallies, never the other way round.
+        ADD_TO_TALLIES.write(conn, _tallies(outcome_rows))
         return applied
 
     def _campaigns(
