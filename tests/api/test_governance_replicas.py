@@ -12,13 +12,25 @@ import pytest
 import sqlalchemy as sa
 from grpc import aio
 
-from reckon.v1 import admin_service_pb2
+from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import governance_service_pb2 as pb
+from reckon_client import DeliveryStreamer, Reckon
 from reckon_server.storage.database import Database
 from tests.support.api import Stubs, bearer, decode, new_secret
-from tests.support.governance import M, key, plan, seed_payload, seed_seller_response, struct
+from tests.support.delivery import assert_tallies_count_the_outcomes
+from tests.support.governance import (
+    Buyer,
+    M,
+    key,
+    plan,
+    seed_payload,
+    seed_seller_response,
+    struct,
+    ts,
+)
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ServerProcess, start_reckon
+from tests.support.producer import minute_report
 
 REPLICAS = 4
 CAMPAIGNS = 160
@@ -158,3 +170,67 @@ async def test_books_balance_under_concurrent_replicas(
     assert approved_total == committed
     assert committed <= TOTAL * M
     assert len(approved_checks) > CAMPAIGNS // 2  # the test exercised real approvals
+    await assert_tallies_count_the_outcomes(url)
+
+
+@pytest.mark.timeout(300)
+async def test_streamed_and_unary_deliveries_of_the_same_campaigns_on_other_replicas(
+    cluster: tuple[str, str, list[ServerProcess]],
+) -> None:
+    """A stream's transaction and unary outcomes take the same campaigns and tallies on
+    PostgreSQL: none may wait on another in a cycle, and every outcome is tallied once."""
+    url, admin, servers = cluster
+    media_buys, streamed, unary = 8, 4_000, 160
+    async with aio.insecure_channel(servers[0].target) as channel:
+        agent = (
+            await Stubs.on(channel).admin.RegisterAgent(
+                admin_service_pb2.RegisterAgentRequest(name="mixed"), metadata=bearer(admin)
+            )
+        ).api_key
+    async with Reckon(servers[0].target, agent) as reckon:
+        buyer = Buyer.__new__(Buyer)
+        buyer.key, buyer.stub = agent, reckon.governance
+        await buyer.sync(plan("mixed", 10_000_000))
+        for n in range(media_buys):
+            await buyer.commit("mixed", 100_000, f"mb_{n}")
+        acked: list[int] = []
+        streamer = DeliveryStreamer(
+            reckon.delivery, "mixed-1", batch_size=100, on_ack=lambda ack: acked.append(ack.seq)
+        )
+
+        async def stream() -> None:
+            async with streamer:
+                for n in range(streamed):
+                    await streamer.add(minute_report("mixed", f"mb_{n % media_buys}", n))
+
+        channels = [aio.insecure_channel(s.target) for s in servers[1:]]
+        others = [Stubs.on(c).governance for c in channels]
+
+        async def deliver(n: int) -> None:
+            await others[n % len(others)].ReportPlanOutcome(
+                pb.ReportPlanOutcomeRequest(
+                    plan_id="mixed",
+                    idempotency_key=key(),
+                    outcome=pb.OUTCOME_TYPE_DELIVERY,
+                    delivery=types_pb2.DeliveryReport(
+                        media_buy_id=f"mb_{n % media_buys}",
+                        reporting_period=types_pb2.ReportingPeriod(
+                            start=ts(f"2026-04-{1 + n // media_buys:02d}T00:00:00Z"),
+                            end=ts(f"2026-04-{2 + n // media_buys:02d}T00:00:00Z"),
+                        ),
+                        spend_micros=1_000,
+                    ),
+                ),
+                metadata=bearer(agent),
+            )
+
+        try:
+            await asyncio.gather(stream(), *(deliver(n) for n in range(unary)))
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
+        summary = await reckon.governance.GetPlanAuditLogs(
+            pb.GetPlanAuditLogsRequest(plan_ids=["mixed"])
+        )
+    assert acked == list(range(1, streamed // 100 + 1))
+    assert summary.plans[0].summary.outcomes_reported == media_buys + streamed + unary
+    await assert_tallies_count_the_outcomes(url)

@@ -172,7 +172,7 @@ def outcome_ids(now: datetime, count: int) -> list[str]:
 
 def _tallies(outcome_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """What the outcome rows add to the tallies: (org, plan, context, purchase type, count,
-    findings), in key order."""
+    findings)."""
     added: dict[tuple[Any, ...], list[int]] = {}
     for row in outcome_rows:
         # Outcome rows in table order: org_id, plan_id, ..., governance_context, purchase_type.
@@ -182,7 +182,7 @@ def _tallies(outcome_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             tally = added[key] = [0, 0]
         tally[0] += 1
         tally[1] += row[9]
-    return [(*key, *added[key]) for key in sorted(added)]
+    return [(*key, *tally) for key, tally in added.items()]
 
 
 def fenced(stream_id: str) -> ReckonError:
@@ -410,8 +410,6 @@ class ApplyDeliveryBatches:
         # A campaign is looked up only for a report that is then applied to it.
         touched = sorted(lookups.by_context)
         _SET_CAMPAIGN_SPEND.write(conn, [(totals[c], c) for c in touched])
-        # After the campaigns, as a unary outcome takes them: on PostgreSQL both lock a
-        # campaign before its tallies, never the other way round.
         ADD_TO_TALLIES.write(conn, _tallies(outcome_rows))
         return applied
 

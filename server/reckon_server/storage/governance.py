@@ -374,8 +374,9 @@ def _add_to_tallies(dialect_name: str) -> sa.ClauseElement:
 
 ADD_TO_TALLIES = BulkStatement(_add_to_tallies, _TALLY_COLUMNS)
 """Adds rows of (org, plan, governance context, purchase type, outcomes, findings) to the
-plan's outcome tallies, in the transaction that inserts those outcomes. Rows in key order:
-on PostgreSQL, concurrent transactions then lock tallies in the same order."""
+plan's outcome tallies, in the transaction that inserts those outcomes. Every such
+transaction holds the plan's row lock, so on PostgreSQL writers of one plan's tallies take
+turns rather than wait on each other in a cycle."""
 
 
 @dataclass(frozen=True)
