@@ -1,5 +1,5 @@
-"""GetPlanAuditLogs over long trails: counts from the database, entries a page at a time, on
-SQLite and PostgreSQL."""
+"""GetPlanAuditLogs over long trails: summaries from the outcome tallies, entries a page at a
+time, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ async def test_a_trail_longer_than_a_message_is_read_page_by_page(api: RunningSe
     assert {e.id for e in trail} >= set(streamed)
     assert sum(e.ByteSize() for e in trail) > 4 * 1024 * 1024
     assert pages[0].plans[0].summary == summary.summary
-    # Later pages do not count the trail again.
+    # Later pages carry entries only.
     assert all(not page.plans[0].HasField("summary") for page in pages[1:])
 
 
