@@ -198,3 +198,20 @@ async def test_page_tokens_and_filters_are_checked(buyer: Buyer) -> None:
     # The same token with the page size changed goes on where it left off.
     resumed = await logs(buyer, plan_ids=["a", "b"], include_entries=True, page_token=token)
     assert sum(len(log.entries) for log in resumed.plans) == 10
+
+
+async def test_plans_selected_by_governance_context_come_in_request_order(buyer: Buyer) -> None:
+    """Pages continue in the plans' order, so that order is the request's, the same on every
+    replica (a set's order changes with each process's string hashing)."""
+    names = [f"g{n}" for n in range(6)]
+    await buyer.sync(*(plan(name, 500_000) for name in names))
+    contexts = {
+        name: (await buyer.check(name, seed_payload(1_000))).governance_context for name in names
+    }
+    wanted = names[::-1]
+    trails, pages = await whole_trails(
+        buyer, 1, governance_contexts=[contexts[name] for name in wanted]
+    )
+    assert [log.plan_id for log in pages[0].plans] == wanted
+    assert list(trails) == wanted
+    assert all(len(trails[name]) == 1 for name in names)

@@ -9,8 +9,8 @@ and with both going into in-memory tables without keys: the sqlite3 module's own
 (c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
 separate process. `--soak N` streams N reports to SQLite and prints the server's RSS as it
-goes, and how long GetPlanAuditLogs takes over the growing plan: its first page (with the
-summary that counts the whole trail) and its next page of 1,000 entries.
+goes, and how long GetPlanAuditLogs takes over the growing plan: its first page (the summary
+and 1,000 entries) and its next page of 1,000 entries.
 """
 
 from __future__ import annotations
@@ -196,8 +196,9 @@ async def reckon_run(
 
 
 async def audit_log_latency(target: str, key: str) -> tuple[float, float]:
-    """Milliseconds GetPlanAuditLogs takes for the plan's summary (which counts its whole trail)
-    and for the second page of 1,000 entries (a keyset page: the same wherever it starts)."""
+    """Milliseconds GetPlanAuditLogs takes for its first page (the plan's summary and 1,000
+    entries) and for the second page of 1,000 entries (a keyset page: the same wherever it
+    starts)."""
     request = pb.GetPlanAuditLogsRequest(plan_ids=[PLAN], include_entries=True, page_size=1000)
     async with aio.insecure_channel(target) as channel:
         stub, md = Stubs.on(channel).governance, (("authorization", f"Bearer {key}"),)

@@ -169,9 +169,8 @@ class PlanAuditLog:
     plan_id: str
     summary: tuple[PlanView, store.AuditCounts] | None
     """None on pages after the first, which carry entries only."""
-    checks: list[store.StoredCheck] = field(default_factory=list)
-    outcomes: list[Any] = field(default_factory=list)
-    """Outcome rows."""
+    entries: list[store.TrailEntry] = field(default_factory=list)
+    """This page's checks and outcomes, in trail order."""
 
 
 @dataclass(frozen=True)
@@ -752,15 +751,11 @@ class GovernanceLedger:
                         conn, principal.org_id, plan_id, scope, after=after, limit=remaining + 1
                     )
                     more = len(found) > remaining
-                    taken = found[:remaining]
-                    remaining -= len(taken)
-                    for _, _, entry in taken:
-                        if isinstance(entry, store.StoredCheck):
-                            log.checks.append(entry)
-                        else:
-                            log.outcomes.append(entry)
-                    if taken:
-                        last = TrailPosition(plan_id, taken[-1][0], taken[-1][1])
+                    log.entries = found[:remaining]
+                    remaining -= len(log.entries)
+                    if log.entries:
+                        at, entry_id, _ = log.entries[-1]
+                        last = TrailPosition(plan_id, at, entry_id)
                 logs.append(log)
         return AuditPage(logs, last if more else None)
 

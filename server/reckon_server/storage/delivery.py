@@ -26,7 +26,7 @@ from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
 from reckon_server.errors import Reason, ReckonError, Resource, internal, not_found
-from reckon_server.storage.governance import ADD_TO_TALLIES, PLAN_SPEND
+from reckon_server.storage.governance import PLAN_SPEND, add_to_tallies
 from reckon_server.storage.schema import (
     campaigns,
     delivery_periods,
@@ -168,21 +168,6 @@ def outcome_ids(now: datetime, count: int) -> list[str]:
     prefix = f"out_{epoch_micros(now) // 1000:012x}"
     random_hex = secrets.token_hex(6 * count)
     return [prefix + random_hex[i : i + 12] for i in range(0, 12 * count, 12)]
-
-
-def _tallies(outcome_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """What the outcome rows add to the tallies: (org, plan, context, purchase type, count,
-    findings)."""
-    added: dict[tuple[Any, ...], list[int]] = {}
-    for row in outcome_rows:
-        # Outcome rows in table order: org_id, plan_id, ..., governance_context, purchase_type.
-        key = (row[1], row[2], row[4], row[5])
-        tally = added.get(key)
-        if tally is None:
-            tally = added[key] = [0, 0]
-        tally[0] += 1
-        tally[1] += row[9]
-    return [(*key, *tally) for key, tally in added.items()]
 
 
 def fenced(stream_id: str) -> ReckonError:
@@ -410,7 +395,7 @@ class ApplyDeliveryBatches:
         # A campaign is looked up only for a report that is then applied to it.
         touched = sorted(lookups.by_context)
         _SET_CAMPAIGN_SPEND.write(conn, [(totals[c], c) for c in touched])
-        ADD_TO_TALLIES.write(conn, _tallies(outcome_rows))
+        add_to_tallies(conn, outcome_rows)
         return applied
 
     def _campaigns(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -351,11 +352,26 @@ async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) ->
 
 async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(sa.insert(plan_outcomes).values(**values))
-    tally = (*(values[c] for c in _TALLY_KEY), 1, values["findings_count"])
-    await conn.run_sync(ADD_TO_TALLIES.write, [tally])
+    await conn.run_sync(add_to_tallies, [tuple(values[c] for c in _OUTCOME_COLUMNS)])
 
 
+def add_to_tallies(conn: sa.Connection, outcome_rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add outcomes (whole rows, in the table's column order) to their plans' tallies, in the
+    transaction that inserts them. Every such transaction holds the plan's row lock, so on
+    PostgreSQL writers of one plan's tallies take turns rather than wait on each other in a
+    cycle."""
+    added: dict[tuple[Any, ...], list[int]] = {}
+    for row in outcome_rows:
+        tally = added.setdefault(tuple(row[i] for i in _TALLY_KEY_AT), [0, 0])
+        tally[0] += 1
+        tally[1] += row[_FINDINGS_AT]
+    _ADD_TO_TALLIES.write(conn, [(*key, *tally) for key, tally in added.items()])
+
+
+_OUTCOME_COLUMNS = tuple(plan_outcomes.columns.keys())
 _TALLY_KEY = ("org_id", "plan_id", "governance_context", "purchase_type")
+_TALLY_KEY_AT = tuple(_OUTCOME_COLUMNS.index(c) for c in _TALLY_KEY)
+_FINDINGS_AT = _OUTCOME_COLUMNS.index("findings_count")
 _TALLY_COLUMNS = tuple(outcome_tallies.columns.keys())
 
 
@@ -372,11 +388,7 @@ def _add_to_tallies(dialect_name: str) -> sa.ClauseElement:
     )
 
 
-ADD_TO_TALLIES = BulkStatement(_add_to_tallies, _TALLY_COLUMNS)
-"""Adds rows of (org, plan, governance context, purchase type, outcomes, findings) to the
-plan's outcome tallies, in the transaction that inserts those outcomes. Every such
-transaction holds the plan's row lock, so on PostgreSQL writers of one plan's tallies take
-turns rather than wait on each other in a cycle."""
+_ADD_TO_TALLIES = BulkStatement(_add_to_tallies, _TALLY_COLUMNS)
 
 
 @dataclass(frozen=True)

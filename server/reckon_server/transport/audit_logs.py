@@ -8,13 +8,13 @@ from reckon.v1 import governance_service_pb2 as pb
 from reckon.v1 import types_pb2
 from reckon_server.domain.governance import Decision
 from reckon_server.services.governance import CheckType, PlanAuditLog, PlanView
-from reckon_server.storage.governance import AuditScope, StoredCheck
+from reckon_server.storage.governance import AuditScope, StoredCheck, TrailEntry
 from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.governance_codec import encode_stored_finding
 
 
 def encode_audit_log(log: PlanAuditLog, scope: AuditScope) -> pb.PlanAuditLog:
-    entries = _entries(log.plan_id, log.checks, log.outcomes)
+    entries = _entries(log.plan_id, log.entries)
     if log.summary is None:
         return pb.PlanAuditLog(plan_id=log.plan_id, entries=entries)
     view, counts = log.summary
@@ -83,53 +83,49 @@ def _channel_allocation(view: PlanView) -> list[pb.ChannelAllocation]:
     ]
 
 
-def _entries(plan_id: str, checks: list[StoredCheck], outcomes: list[Any]) -> list[pb.AuditEntry]:
-    entries: list[tuple[Any, str, pb.AuditEntry]] = []
-    for c in checks:
-        entries.append(
-            (
-                c.created_at,
-                c.check_id,
-                pb.AuditEntry(
-                    id=c.check_id,
-                    type=pb.AUDIT_ENTRY_TYPE_CHECK,
-                    timestamp=to_timestamp(c.created_at),
-                    plan_id=plan_id,
-                    caller=c.request.get("caller", ""),
-                    tool=c.request.get("tool", ""),
-                    status=c.decision,  # type: ignore[arg-type]
-                    check_type=pb.CHECK_TYPE_EXECUTION
-                    if c.check_type == CheckType.EXECUTION
-                    else pb.CHECK_TYPE_INTENT,
-                    mode=pb.GOVERNANCE_MODE_ENFORCE,
-                    explanation=c.response.get("explanation", ""),
-                    categories_evaluated=c.response.get("categories_evaluated", []),
-                    findings=[encode_stored_finding(f) for f in c.response.get("findings", [])],
-                    governance_context=c.governance_context,
-                    plan_hash=c.plan_hash,
-                    purchase_type=c.purchase_type,  # type: ignore[arg-type]
-                ),
-            )
-        )
-    for o in outcomes:
-        entries.append(
-            (
-                o.created_at,
-                o.outcome_id,
-                pb.AuditEntry(
-                    id=o.outcome_id,
-                    type=pb.AUDIT_ENTRY_TYPE_OUTCOME,
-                    timestamp=to_timestamp(o.created_at),
-                    plan_id=plan_id,
-                    outcome=o.outcome,
-                    committed_budget_micros=o.committed_micros,
-                    findings=[encode_stored_finding(f) for f in o.response.get("findings", [])],
-                    governance_context=o.governance_context,
-                    plan_hash=o.plan_hash,
-                    purchase_type=o.purchase_type,
-                    outcome_status=o.status,
-                ),
-            )
-        )
-    entries.sort(key=lambda entry: (entry[0], entry[1]))
-    return [entry for _, _, entry in entries]
+def _entries(plan_id: str, trail: list[TrailEntry]) -> list[pb.AuditEntry]:
+    return [
+        _check_entry(plan_id, entry)
+        if isinstance(entry, StoredCheck)
+        else _outcome_entry(plan_id, entry)
+        for _, _, entry in trail
+    ]
+
+
+def _check_entry(plan_id: str, c: StoredCheck) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        id=c.check_id,
+        type=pb.AUDIT_ENTRY_TYPE_CHECK,
+        timestamp=to_timestamp(c.created_at),
+        plan_id=plan_id,
+        caller=c.request.get("caller", ""),
+        tool=c.request.get("tool", ""),
+        status=c.decision,  # type: ignore[arg-type]
+        check_type=pb.CHECK_TYPE_EXECUTION
+        if c.check_type == CheckType.EXECUTION
+        else pb.CHECK_TYPE_INTENT,
+        mode=pb.GOVERNANCE_MODE_ENFORCE,
+        explanation=c.response.get("explanation", ""),
+        categories_evaluated=c.response.get("categories_evaluated", []),
+        findings=[encode_stored_finding(f) for f in c.response.get("findings", [])],
+        governance_context=c.governance_context,
+        plan_hash=c.plan_hash,
+        purchase_type=c.purchase_type,  # type: ignore[arg-type]
+    )
+
+
+def _outcome_entry(plan_id: str, o: Any) -> pb.AuditEntry:
+    """The entry of an outcome row."""
+    return pb.AuditEntry(
+        id=o.outcome_id,
+        type=pb.AUDIT_ENTRY_TYPE_OUTCOME,
+        timestamp=to_timestamp(o.created_at),
+        plan_id=plan_id,
+        outcome=o.outcome,
+        committed_budget_micros=o.committed_micros,
+        findings=[encode_stored_finding(f) for f in o.response.get("findings", [])],
+        governance_context=o.governance_context,
+        plan_hash=o.plan_hash,
+        purchase_type=o.purchase_type,
+        outcome_status=o.status,
+    )

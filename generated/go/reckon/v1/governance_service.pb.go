@@ -3228,8 +3228,8 @@ type GetPlanAuditLogsRequest struct {
 	PlanIds []string `protobuf:"bytes,1,rep,name=plan_ids,json=planIds,proto3" json:"plan_ids,omitempty"`
 	// portfolio_plan_ids expand to their member plans.
 	PortfolioPlanIds []string `protobuf:"bytes,2,rep,name=portfolio_plan_ids,json=portfolioPlanIds,proto3" json:"portfolio_plan_ids,omitempty"`
-	// governance_contexts keeps only entries of these governed actions (and selects their plans
-	// when no plan is named), at most 100.
+	// governance_contexts keeps only entries of these governed actions (and, when no plan is
+	// named, selects their plans in this order), at most 100.
 	GovernanceContexts []string `protobuf:"bytes,3,rep,name=governance_contexts,json=governanceContexts,proto3" json:"governance_contexts,omitempty"`
 	// purchase_types keeps only entries of these purchase types.
 	PurchaseTypes []PurchaseType `protobuf:"varint,4,rep,packed,name=purchase_types,json=purchaseTypes,proto3,enum=reckon.v1.PurchaseType" json:"purchase_types,omitempty"`

@@ -1831,8 +1831,8 @@ class GetPlanAuditLogsRequest(_message.Message):
 
     @_builtins.property
     def governance_contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """governance_contexts keeps only entries of these governed actions (and selects their plans
-        when no plan is named), at most 100.
+        """governance_contexts keeps only entries of these governed actions (and, when no plan is
+        named, selects their plans in this order), at most 100.
         """
 
     @_builtins.property

@@ -1608,8 +1608,8 @@ export type GetPlanAuditLogsRequest = Message<"reckon.v1.GetPlanAuditLogsRequest
   portfolioPlanIds: string[];
 
   /**
-   * governance_contexts keeps only entries of these governed actions (and selects their plans
-   * when no plan is named), at most 100.
+   * governance_contexts keeps only entries of these governed actions (and, when no plan is
+   * named, selects their plans in this order), at most 100.
    *
    * @generated from field: repeated string governance_contexts = 3;
    */

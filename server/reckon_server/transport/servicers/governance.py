@@ -175,9 +175,11 @@ class GovernanceServicer(governance_service_pb2_grpc.GovernanceServiceServicer):
             for member in await self._ledger.portfolio_members(principal, portfolio):
                 if member not in plan_ids:
                     plan_ids.append(member)
-        contexts = set(request.governance_contexts)
         if not plan_ids:
-            plan_ids = await self._ledger.plans_of_contexts(principal, list(contexts))
+            # In request order, never a set's: pages continue in the plans' order, which must
+            # be the same on every call and on every replica.
+            contexts = list(dict.fromkeys(request.governance_contexts))
+            plan_ids = await self._ledger.plans_of_contexts(principal, contexts)
         scope = AuditScope(
             frozenset(request.governance_contexts), frozenset(request.purchase_types)
         )
