@@ -447,6 +447,37 @@ async def test_the_first_message_must_open_the_stream(api: RunningServer) -> Non
     requests.put_nowait(None)
 
 
+async def test_undecodable_bytes_mid_stream_end_it_invalid_body_after_earlier_acks(
+    api: RunningServer,
+) -> None:
+    buyer = await committed_plan(api, "garbled", PLAN, {"mb_1": 150_000})
+    batch = pb.DeliveryBatch(seq=1, reports=[report(PLAN, "mb_1", 15, M)])
+    messages = [
+        pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id="garbled-1")).SerializeToString(),
+        pb.StreamDeliveryRequest(batch=batch).SerializeToString(),
+        b"\xff\xff\xff\xff",
+    ]
+
+    async def iterate():  # type: ignore[no-untyped-def]
+        for message in messages:
+            yield message
+        await asyncio.Event().wait()  # the producer stays connected
+
+    call = api.channel.stream_stream(
+        "/reckon.v1.DeliveryService/StreamDelivery",
+        request_serializer=None,
+        response_deserializer=pb.StreamDeliveryResponse.FromString,
+    )(iterate(), metadata=bearer(buyer.key))
+    responses = [await call.read(), await call.read()]
+    with pytest.raises(aio.AioRpcError) as raised:
+        await call.read()
+    error = decode(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BODY")
+    assert [r.WhichOneof("kind") for r in responses] == ["opened", "ack"]
+    assert responses[1].ack.disposition == pb.BATCH_DISPOSITION_COMMITTED
+    assert await stored_next_seq(api.database_url, "garbled-1") == 2
+
+
 async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_window=4)
     try:

@@ -101,6 +101,9 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                         yield ack
                     raise self._ledger.draining_error()
                 if item is _END:
+                    # Re-raises what ended the reading (undecodable bytes are INVALID_BODY),
+                    # after the acks of every batch read before it.
+                    await reader
                     break
                 yield pb.StreamDeliveryResponse(ack=await item)
         finally:
