@@ -51,7 +51,10 @@ class Settings:
     """Batches one delivery stream may have read but not acknowledged."""
 
     stream_server_inflight: int = 256
-    """Delivery batches all streams together may have submitted but not committed."""
+    """Delivery batches all streams together may have read but not committed."""
+
+    stream_max_open: int = 512
+    """Delivery streams open at once; more are refused UNAVAILABLE / OVERLOADED."""
 
     stream_idle_seconds: float = 300.0
     """A delivery stream that sends nothing for this long is closed."""
@@ -105,6 +108,7 @@ _POSITIVE = {
     "check_ttl_seconds",
     "stream_window",
     "stream_server_inflight",
+    "stream_max_open",
     "stream_idle_seconds",
     "watch_heartbeat_seconds",
     "watch_backlog",

@@ -41,6 +41,7 @@ from tests.support.delivery import (
     settled_task_count,
     stored_next_seq,
     stored_rows,
+    stream_commits_held,
 )
 from tests.support.governance import (
     Buyer,
@@ -495,6 +496,67 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         acks = [await stream.ack() for _ in range(60)]
         assert [a.seq for a in acks] == list(range(1, 61))
         stream.close()
+    finally:
+        await api.close()
+
+
+async def test_streams_stop_reading_while_the_server_has_no_room(database_url: str) -> None:
+    api = await RunningServer.start(database_url, stream_server_inflight=2)
+    try:
+        buyer = await committed_plan(api, "crowd", PLAN, {"mb_1": 150_000})
+        streams = [RawStream(api, buyer.key, f"crowd-{n}") for n in range(3)]
+        for stream in streams:
+            await stream.opened()
+        ledger = api.server.delivery
+        async with stream_commits_held(api.database_url):
+            for day, stream in enumerate(streams, start=15):
+                for seq in range(1, 11):
+                    stream.send(seq, [report(PLAN, "mb_1", day, seq * M)])
+            # Two batches hold the server's room; each stream holds the one it read last.
+            while ledger.uncommitted_batches < 5:  # noqa: ASYNC110 - polls the streams' reads
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1)
+            assert ledger.uncommitted_batches == 5
+        for stream in streams:
+            acks = [await stream.ack() for _ in range(10)]
+            assert [(a.seq, a.disposition) for a in acks] == [
+                (seq, pb.BATCH_DISPOSITION_COMMITTED) for seq in range(1, 11)
+            ]
+            stream.close()
+        assert ledger.uncommitted_batches == 0
+        assert (await buyer.state(PLAN)).spend_micros == 30 * M
+    finally:
+        await api.close()
+
+
+async def test_streams_past_the_servers_limit_are_refused_overloaded(database_url: str) -> None:
+    api = await RunningServer.start(database_url, stream_max_open=2)
+    try:
+        buyer = await committed_plan(api, "many", PLAN, {"mb_1": 150_000})
+        first, second = RawStream(api, buyer.key, "many-1"), RawStream(api, buyer.key, "many-2")
+        await first.opened()
+        await second.opened()
+        with pytest.raises(aio.AioRpcError) as raised:
+            await RawStream(api, buyer.key, "many-3").opened()
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "OVERLOADED")
+        assert "google.rpc.RetryInfo" in error.details
+        # A stream that ends, by closing or by being fenced, makes room.
+        second.close()
+        await second.call.code()
+        taken_over = RawStream(api, buyer.key, "many-1")
+        await taken_over.opened()
+        with pytest.raises(aio.AioRpcError):
+            await first.ack()
+        third = RawStream(api, buyer.key, "many-3")
+        await third.opened()
+        with pytest.raises(aio.AioRpcError) as raised:
+            await RawStream(api, buyer.key, "many-4").opened()
+        assert decode(raised.value).reason == "OVERLOADED"
+        taken_over.close()
+        third.send(1, [report(PLAN, "mb_1", 15, M)])
+        assert (await third.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        third.close()
     finally:
         await api.close()
 

@@ -17,7 +17,13 @@ from reckon_client import DeliveryStreamer, Reckon
 from reckon_client.errors import ReckonError
 from reckon_server.storage.database import Database
 from tests.support.api import RunningServer
-from tests.support.delivery import committed_plan, report, settled_task_count, stored_next_seq
+from tests.support.delivery import (
+    RawStream,
+    committed_plan,
+    report,
+    settled_task_count,
+    stored_next_seq,
+)
 from tests.support.governance import M
 
 PLAN = "streamed"
@@ -169,5 +175,30 @@ async def test_reconnects_leave_no_task_behind(database_url: str) -> None:
             reconnects = [await stream_idly(run) for run in range(1, 4)]
             assert await settled_task_count() <= before
         assert min(reconnects) >= 2
+    finally:
+        await api.close()
+
+
+async def test_a_server_with_no_room_for_another_stream_is_waited_out(database_url: str) -> None:
+    api = await RunningServer.start(database_url, stream_max_open=1)
+    try:
+        buyer = await committed_plan(api, "patient", PLAN, {"mb_1": 150_000})
+        holder = RawStream(api, buyer.key, "holder")
+        await holder.opened()
+        async with Reckon(api.target, buyer.key) as reckon:
+            streamer = DeliveryStreamer(
+                reckon.delivery, "patient-1", batch_size=2, backoff=(0.05, 0.1)
+            )
+            starting = asyncio.ensure_future(streamer.start())
+            while not streamer.reconnects:  # noqa: ASYNC110 - polls its refused attempts
+                await asyncio.sleep(0.01)
+            holder.close()
+            await starting
+            for day in (15, 16, 17):
+                await streamer.add(report(PLAN, "mb_1", day, M))
+            await streamer.flush()
+            await streamer.close()
+        assert await stored_next_seq(api.database_url, "patient-1") == 3
+        assert (await buyer.state(PLAN)).spend_micros == 3 * M
     finally:
         await api.close()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
 from grpc import aio
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
@@ -31,6 +34,28 @@ async def stored_rows(database_url: str, query: str, **params: Any) -> list[tupl
             return [tuple(row) for row in await conn.execute(sa.text(query), params)]
     finally:
         await database.dispose()
+
+
+@contextlib.asynccontextmanager
+async def stream_commits_held(database_url: str) -> AsyncIterator[None]:
+    """Delivery batches wait to commit until the block ends (another connection holds the
+    lock their transactions need first)."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        with contextlib.closing(sqlite3.connect(str(url.database), isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                db.execute("ROLLBACK")
+        return
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("LOCK TABLE delivery_streams IN EXCLUSIVE MODE"))
+            yield
+    finally:
+        await engine.dispose()
 
 
 async def stored_next_seq(database_url: str, stream_id: str) -> int:

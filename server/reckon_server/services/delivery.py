@@ -30,7 +30,10 @@ class StreamLimits:
     window: int = 16
     """Batches one stream may have read but not acknowledged."""
     server_inflight: int = 256
-    """Batches all streams together may have submitted but not committed."""
+    """Batches all streams together may have read but not committed (besides the one batch
+    each stream holds while it waits for room)."""
+    max_streams: int = 512
+    """Delivery streams open at once on this server; more are refused OVERLOADED."""
     idle_seconds: float = 300.0
 
 
@@ -66,13 +69,23 @@ class DeliveryLedger:
             functools.partial(_stream_rules, threshold_pct=pacing_threshold_pct), terms_of
         )
         self._slots = asyncio.Semaphore(limits.server_inflight)
+        self._open_streams = 0
+        self.uncommitted_batches = 0
+        """Batches streams have read and not yet seen committed or failed: what the limits
+        bound."""
         self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
         self.draining = asyncio.Event()
 
     async def open(self, principal: Principal, stream_id: str) -> tuple[int, int, asyncio.Event]:
         """Take over a stream. Returns its generation, next_seq, and an event that is set when
         a newer connection on this replica fences this one (other replicas are fenced by the
-        generation check at commit)."""
+        generation check at commit). Every open that returns is paired with a `release`."""
+        if self._open_streams >= self.limits.max_streams:
+            raise unavailable(
+                Reason.OVERLOADED,
+                f"this server has its limit of {self.limits.max_streams} delivery streams "
+                "open; retry, or connect to another replica",
+            )
         async with self._db.write() as conn:
             opened = await store.open_stream(
                 conn, principal.org_id, principal.principal_id, stream_id, utcnow()
@@ -82,6 +95,7 @@ class DeliveryLedger:
                 Reason.INVALID_REQUEST,
                 [FieldViolation("open.stream_id", "is used by another producer")],
             )
+        self._open_streams += 1
         generation, next_seq = opened
         key = (principal.org_id, stream_id)
         previous = self._owners.get(key)
@@ -92,14 +106,24 @@ class DeliveryLedger:
         return generation, next_seq, fenced
 
     def release(self, principal: Principal, stream_id: str, generation: int) -> None:
+        self._open_streams -= 1
         key = (principal.org_id, stream_id)
         if self._owners.get(key, (None,))[0] == generation:
             del self._owners[key]
 
-    async def commit(self, batch: store.StreamBatch) -> store.BatchApplied:
-        """Commit one batch (group-committed with everything else in flight)."""
-        async with self._slots:
-            result = await self._committer.submit(self._op, batch)
+    async def commit(
+        self, batch: store.StreamBatch, admitted: asyncio.Future[None]
+    ) -> store.BatchApplied:
+        """Commit one batch (group-committed with everything else in flight) once the
+        server has room for it, which resolves `admitted`: its stream reads no further
+        batch until then."""
+        self.uncommitted_batches += 1
+        try:
+            async with self._slots:
+                admitted.set_result(None)
+                result = await self._committer.submit(self._op, batch)
+        finally:
+            self.uncommitted_batches -= 1
         for plan_id in result.touched_plans:
             await self._notifier.publish(plan_topic(batch.org_id, plan_id), "delivery")
         return result

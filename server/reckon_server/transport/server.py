@@ -121,6 +121,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         limits=StreamLimits(
             window=settings.stream_window,
             server_inflight=settings.stream_server_inflight,
+            max_streams=settings.stream_max_open,
             idle_seconds=settings.stream_idle_seconds,
         ),
     )

@@ -196,13 +196,17 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     utcnow(),
                 )
                 expected += 1
+                admitted = asyncio.get_running_loop().create_future()
                 pending = asyncio.ensure_future(
-                    _committed(self._ledger.commit(stream_batch), batch.seq, expected)
+                    _committed(self._ledger.commit(stream_batch, admitted), batch.seq, expected)
                 )
                 # A stream that ends early never awaits its last acks; their failures are
                 # expected then, not "never retrieved".
                 pending.add_done_callback(_observe)
                 await acks.put(pending)
+                # Reading on while the server has no room would hold every stream's window
+                # of decoded batches in memory at once.
+                await asyncio.wait((admitted, pending), return_when=asyncio.FIRST_COMPLETED)
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 acks.put_nowait(_END)
