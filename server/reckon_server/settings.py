@@ -50,7 +50,7 @@ class Settings:
     stream_window: int = 16
     """Batches one delivery stream may have read but not acknowledged."""
 
-    stream_server_inflight: int = 256
+    stream_server_inflight: int = 64
     """Delivery batches all streams together may have read but not committed."""
 
     stream_max_open: int = 512

@@ -529,6 +529,42 @@ async def test_streams_stop_reading_while_the_server_has_no_room(database_url: s
         await api.close()
 
 
+async def test_batches_far_apart_in_time_sharing_a_transaction_replace_their_periods(
+    database_url: str,
+) -> None:
+    api = await RunningServer.start(database_url)
+    try:
+        buyer = await committed_plan(api, "far-apart", PLAN, {"mb_1": 150_000})
+        early, late, plug = (RawStream(api, buyer.key, name) for name in ("early", "late", "plug"))
+        for stream, day in ((early, 15), (late, 27), (plug, 20)):
+            await stream.opened()
+            stream.send(1, [report(PLAN, "mb_1", day, 10 * M)])
+            assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        committer = api.server.committer
+        committed = committer.batches
+        async with stream_commits_held(api.database_url):
+            # Transactions of the plug's batches fill the storage's pipeline, so that the
+            # next one, put together after them, takes both batches that follow.
+            depth = api.server.database.batch_pipeline_depth
+            for seq in range(2, 2 + depth):
+                plug.send(seq, [report(PLAN, "mb_1", 20, seq * M)])
+                while committer.in_flight < seq - 1:  # noqa: ASYNC110 - polls
+                    await asyncio.sleep(0.01)
+            early.send(2, [report(PLAN, "mb_1", 15, 12 * M)])
+            late.send(2, [report(PLAN, "mb_1", 27, 13 * M)])
+            while api.server.delivery.uncommitted_batches < depth + 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        for stream in (plug, early, late):
+            acks = [await stream.ack() for _ in range(depth if stream is plug else 1)]
+            assert {a.disposition for a in acks} == {pb.BATCH_DISPOSITION_COMMITTED}
+            stream.close()
+        assert committer.batches == committed + depth + 1
+        # Each re-sent period replaced its stored figures: 12 + 13, not 10 + 10 + 12 + 13.
+        assert (await buyer.state(PLAN)).spend_micros == (12 + 13 + 1 + depth) * M
+    finally:
+        await api.close()
+
+
 async def test_streams_past_the_servers_limit_are_refused_overloaded(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_max_open=2)
     try:

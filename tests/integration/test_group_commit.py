@@ -55,6 +55,23 @@ async def test_under_concurrency_later_writes_join_the_next_transaction(
         await committer.close()
 
 
+async def test_a_transaction_takes_items_until_their_weight_reaches_the_cap(
+    database: Database,
+) -> None:
+    committer = GroupCommitter(database, max_weight=10, linger_seconds=0)
+    op = Together()
+    try:
+        weighed = await asyncio.gather(
+            *(
+                committer.submit(op, item, weight=weight)
+                for item, weight in zip("abcde", (1, 6, 6, 1, 1), strict=True)
+            )
+        )
+        assert weighed == [("a", "b", "c")] * 3 + [("d", "e")] * 2
+    finally:
+        await committer.close()
+
+
 class FailsOn:
     """Raises, as a fault would, in any transaction that holds `poison`; answers each other
     item with the number of items its transaction held."""

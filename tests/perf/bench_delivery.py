@@ -10,28 +10,32 @@ and with both going into in-memory tables without keys: the sqlite3 module's own
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
 separate process. `--soak N` streams N reports to SQLite and prints the server's RSS as it
 goes, and how long GetPlanAuditLogs takes over the growing plan: its first page (the summary
-and 1,000 entries) and its next page of 1,000 entries.
+and 1,000 entries) and its next page of 1,000 entries. `--crowd N` has N producers each send
+20 batches of 1,000 reports while another connection holds SQLite's write lock, then lets
+the backlog commit, and prints the server's RSS before, while held and at its peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
+from reckon.v1 import delivery_service_pb2 as delivery_pb
 from reckon.v1 import governance_service_pb2 as pb
 from reckon_server.storage.schema import Base, delivery_periods, plan_outcomes
-from tests.perf.delivery_client import ON_PLAN_SPEND
+from tests.perf.delivery_client import ON_PLAN_SPEND, batches
 from tests.support.api import Stubs, new_secret
 from tests.support.governance import plan, seed_payload, seed_seller_response, struct
 from tests.support.postgres import start_postgres
@@ -234,6 +238,61 @@ async def soak(reports: int) -> None:
             await server.stop()
 
 
+async def crowd(streams: int, batches_each: int = 20) -> None:
+    """Memory under many producers whose batches cannot commit for a while, then commit."""
+
+    size, work = 1000, []
+    for n in range(streams):
+        work.append(batches(PLAN, MEDIA_BUYS, batches_each * size, size, n * batches_each * size))
+        for batch in work[-1]:
+            for item in batch.reports:
+                item.delivery.ext.update({"note": "x" * 400})
+
+    async def produce(target: str, key: str, n: int) -> None:
+        async with aio.insecure_channel(target) as channel:
+
+            async def requests() -> AsyncIterator[delivery_pb.StreamDeliveryRequest]:
+                yield delivery_pb.StreamDeliveryRequest(
+                    open=delivery_pb.StreamOpen(stream_id=f"crowd-{n}")
+                )
+                for batch in work[n]:
+                    yield delivery_pb.StreamDeliveryRequest(batch=batch)
+                await asyncio.Event().wait()  # stays connected until the last ack
+
+            call = Stubs.on(channel).delivery.StreamDelivery(
+                requests(), metadata=(("authorization", f"Bearer {key}"),)
+            )
+            acks = 0
+            async for response in call:
+                acks += response.HasField("ack")
+                if acks == batches_each:
+                    break
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crowd.db"
+        admin = new_secret()
+        server = await start_reckon(f"sqlite+aiosqlite:///{path}", admin)
+        try:
+            key = await prepare(server, admin)
+            before = server.rss_mib()
+            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as blocker:
+                blocker.execute("BEGIN IMMEDIATE")
+                producers = [
+                    asyncio.ensure_future(produce(server.target, key, n)) for n in range(streams)
+                ]
+                await asyncio.sleep(15)
+                held = server.rss_mib()
+                blocker.execute("ROLLBACK")
+            await asyncio.gather(*producers)
+            print(
+                f"{streams} producers x {batches_each} batches of 1,000 reports, commits held "
+                f"15 s: server RSS {before:.0f} MiB before, {held:.0f} MiB held, "
+                f"peak {server.peak_rss_mib():.0f} MiB"
+            )
+        finally:
+            await server.stop()
+
+
 async def main(reports: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         noop = await start_module("tests.perf.noop_delivery_server")
@@ -296,5 +355,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=int, default=200_000)
     parser.add_argument("--soak", type=int, default=0, help="stream this many to SQLite instead")
+    parser.add_argument("--crowd", type=int, default=0, help="this many producers, commits held")
     arguments = parser.parse_args()
-    asyncio.run(soak(arguments.soak) if arguments.soak else main(arguments.reports))
+    if arguments.soak:
+        asyncio.run(soak(arguments.soak))
+    elif arguments.crowd:
+        asyncio.run(crowd(arguments.crowd))
+    else:
+        asyncio.run(main(arguments.reports))

@@ -29,7 +29,7 @@ class StreamLimits:
     max_batch_reports: int = 1000
     window: int = 16
     """Batches one stream may have read but not acknowledged."""
-    server_inflight: int = 256
+    server_inflight: int = 64
     """Batches all streams together may have read but not committed (besides the one batch
     each stream holds while it waits for room)."""
     max_streams: int = 512
@@ -121,7 +121,7 @@ class DeliveryLedger:
         try:
             async with self._slots:
                 admitted.set_result(None)
-                result = await self._committer.submit(self._op, batch)
+                result = await self._committer.submit(self._op, batch, weight=len(batch.reports))
         finally:
             self.uncommitted_batches -= 1
         for plan_id in result.touched_plans:

@@ -301,13 +301,13 @@ class ApplyDeliveryBatches:
         contexts = sorted({c.governance_context for c in campaign_rows.values()})
         totals = {c.governance_context: int(c.spend_micros) for c in campaign_rows.values()}
         periods: dict[tuple[str, int, int], int] = {}
-        if contexts:
-            # Periods this transaction may replace: each campaign's rows within the time
-            # range its reports cover (usually few or none; new periods are not stored yet).
-            starts = [r.start_us for b in batches for r in b.reports if isinstance(r, StreamReport)]
+        for first, last in _time_ranges(batches) if contexts else ():
+            # Periods this transaction may replace: the campaigns' rows within the time range
+            # of each batch (usually few or none; new periods are not stored yet). Batches of
+            # streams far apart in time (a backfill beside a live feed) would otherwise span
+            # every row stored between them.
             for row in conn.execute(
-                _STORED_PERIODS,
-                {"contexts": contexts, "first": min(starts), "last": max(starts)},
+                _STORED_PERIODS, {"contexts": contexts, "first": first, "last": last}
             ):
                 periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
 
@@ -485,6 +485,24 @@ class _Lookups:
                 plan_row.plan_hash,
             )
         return target
+
+
+def _time_ranges(batches: Sequence[StreamBatch]) -> list[tuple[int, int]]:
+    """The period starts each batch covers, as (first, last), overlapping ranges merged."""
+    ranges = sorted(
+        (min(starts), max(starts))
+        for starts in (
+            [r.start_us for r in batch.reports if isinstance(r, StreamReport)] for batch in batches
+        )
+        if starts
+    )
+    merged: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def _campaign_key(org_id: str, report: StreamReport) -> tuple[str, str, str]:

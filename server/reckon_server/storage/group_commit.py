@@ -56,6 +56,7 @@ class BatchOp(Protocol[I_contra, R_co]):
 class _Pending(Generic[I, R]):
     op: BatchOp[I, R]
     item: I
+    weight: int
     future: asyncio.Future[R] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -67,11 +68,13 @@ class GroupCommitter:
         database: Database,
         *,
         max_batch: int = 1024,
+        max_weight: int = 8192,
         max_queue: int = 65536,
         linger_seconds: float = 0.002,
     ) -> None:
         self._database = database
         self._max_batch = max_batch
+        self._max_weight = max_weight
         self._linger_seconds = linger_seconds
         self._queue: asyncio.Queue[_Pending[Any, Any]] = asyncio.Queue(max_queue)
         self._writer: asyncio.Task[None] | None = None
@@ -80,11 +83,21 @@ class GroupCommitter:
         self.batches = 0
         """Transactions committed so far (for tests and benchmarks)."""
 
-    async def submit(self, op: BatchOp[I, R], item: I) -> R:
-        """Apply `item` and return its result once the transaction holding it has committed."""
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent to storage whose callers are not resolved yet (for tests)."""
+        return len(self._sent)
+
+    async def submit(self, op: BatchOp[I, R], item: I, *, weight: int = 1) -> R:
+        """Apply `item` and return its result once the transaction holding it has committed.
+
+        A transaction takes items until their weights (the rows they write: a delivery batch
+        weighs its reports) reach `max_weight`: a backlog then commits in transactions of
+        bounded size, instead of one whose rows, results and copies in the SQLite writer's
+        pipe would all be in memory at once."""
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
-        pending: _Pending[I, R] = _Pending(op, item)
+        pending: _Pending[I, R] = _Pending(op, item, weight)
         if self._queue.full():
             await self._queue.put(pending)
         else:
@@ -129,8 +142,14 @@ class GroupCommitter:
                 await asyncio.sleep(0)
                 if self._queue.qsize() == queued:
                     break
-            while len(batch) < self._max_batch and not self._queue.empty():
+            weight = batch[0].weight
+            while (
+                len(batch) < self._max_batch
+                and weight < self._max_weight
+                and not self._queue.empty()
+            ):
                 batch.append(self._queue.get_nowait())
+                weight += batch[-1].weight
             concurrent = len(batch) > 1
             await self._send(batch)
 
