@@ -593,6 +593,17 @@ async def test_streams_past_the_servers_limit_are_refused_overloaded(database_ur
         third.send(1, [report(PLAN, "mb_1", 15, M)])
         assert (await third.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
         third.close()
+        await third.call.code()
+        # Opens racing one another count each other; a refused one leaves no count behind.
+        foreign = RawStream(api, await api.register("foreign"), "many-3")
+        with pytest.raises(aio.AioRpcError):
+            await foreign.opened()
+        racing = [RawStream(api, buyer.key, f"racing-{n}") for n in range(5)]
+        opened = await asyncio.gather(*(r.opened() for r in racing), return_exceptions=True)
+        refused = [decode(o).reason for o in opened if isinstance(o, aio.AioRpcError)]
+        assert refused == ["OVERLOADED"] * 3
+        for stream in racing:
+            stream.close()
     finally:
         await api.close()
 

@@ -86,16 +86,21 @@ class DeliveryLedger:
                 f"this server has its limit of {self.limits.max_streams} delivery streams "
                 "open; retry, or connect to another replica",
             )
-        async with self._db.write() as conn:
-            opened = await store.open_stream(
-                conn, principal.org_id, principal.principal_id, stream_id, utcnow()
-            )
-        if opened is None:
-            raise invalid(
-                Reason.INVALID_REQUEST,
-                [FieldViolation("open.stream_id", "is used by another producer")],
-            )
+        # Counted before the first await, so that opens racing one another see each other.
         self._open_streams += 1
+        try:
+            async with self._db.write() as conn:
+                opened = await store.open_stream(
+                    conn, principal.org_id, principal.principal_id, stream_id, utcnow()
+                )
+            if opened is None:
+                raise invalid(
+                    Reason.INVALID_REQUEST,
+                    [FieldViolation("open.stream_id", "is used by another producer")],
+                )
+        except BaseException:
+            self._open_streams -= 1
+            raise
         generation, next_seq = opened
         key = (principal.org_id, stream_id)
         previous = self._owners.get(key)
