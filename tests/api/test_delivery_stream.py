@@ -462,7 +462,6 @@ async def test_undecodable_bytes_mid_stream_end_it_invalid_body_after_earlier_ac
     async def iterate():  # type: ignore[no-untyped-def]
         for message in messages:
             yield message
-        await asyncio.Event().wait()  # the producer stays connected
 
     call = api.channel.stream_stream(
         "/reckon.v1.DeliveryService/StreamDelivery",

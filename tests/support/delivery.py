@@ -88,6 +88,9 @@ class RawStream:
         self._requests: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue()
         self.call = api.stubs.delivery.StreamDelivery(self._iterate(), metadata=bearer(key))
         self._requests.put_nowait(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=stream_id)))
+        # However the call ends, its request generator ends too, rather than being collected
+        # while it waits (which asyncio reports as a failed `aclose()`).
+        self.call.add_done_callback(lambda _: self.close())
 
     async def _iterate(self) -> AsyncIterator[pb.StreamDeliveryRequest]:
         while (message := await self._requests.get()) is not None:
