@@ -190,10 +190,12 @@ async def test_a_server_with_no_room_for_another_stream_is_waited_out(database_u
                 reckon.delivery, "patient-1", batch_size=2, backoff=(0.05, 0.1)
             )
             starting = asyncio.ensure_future(streamer.start())
-            while not streamer.reconnects:  # noqa: ASYNC110 - polls its refused attempts
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.5)
             holder.close()
             await starting
+            # Refused OVERLOADED with a RetryInfo of 1 s, it waited that long between tries,
+            # not its own backoff of under 0.1 s.
+            assert 1 <= streamer.reconnects <= 2
             for day in (15, 16, 17):
                 await streamer.add(report(PLAN, "mb_1", day, M))
             await streamer.flush()

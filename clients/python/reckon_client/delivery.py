@@ -36,9 +36,10 @@ class DeliveryStreamer:
     acknowledged without results: its ack was lost, its rows are not).
 
     A failure the server classified (the `recovery` of its ErrorInfo) is retried when it is
-    transient and fails the streamer otherwise. One that only the transport saw is retried when
-    it is of a passing kind; `INTERNAL` and `UNKNOWN` at most `max_faults` times in a row
-    without a batch acknowledged in between, as one that keeps coming back would forever.
+    transient, no sooner than its RetryInfo asks, and fails the streamer otherwise. One that
+    only the transport saw is retried when it is of a passing kind; `INTERNAL` and `UNKNOWN`
+    at most `max_faults` times in a row without a batch acknowledged in between, as one that
+    keeps coming back would forever.
 
         async with DeliveryStreamer(reckon.delivery, "producer-1") as streamer:
             for report in reports:
@@ -137,6 +138,7 @@ class DeliveryStreamer:
         attempt = faults = 0
         while True:
             acks_before = self._acks
+            asked_wait = 0.0
             try:
                 await self._connect()
             except aio.AioRpcError as lost:
@@ -149,6 +151,7 @@ class DeliveryStreamer:
                     await self._fail(decoded or lost)
                     return
                 cause = lost.code().name
+                asked_wait = (decoded.retry_after if decoded else None) or 0.0
             except ReckonError as refused:
                 await self._fail(refused)
                 return
@@ -158,7 +161,9 @@ class DeliveryStreamer:
             attempt += 1
             self.reconnects += 1
             low, high = self._backoff
-            delay = min(high, low * 2**attempt) * random.uniform(0.5, 1.0)
+            # Never sooner than the server asked (RetryInfo): an overloaded server that is
+            # retried at once only stays overloaded.
+            delay = max(asked_wait, min(high, low * 2**attempt) * random.uniform(0.5, 1.0))
             log.info(
                 "delivery stream %s lost (%s); retrying in %.2fs", self._stream_id, cause, delay
             )
