@@ -42,6 +42,7 @@ from tests.support.delivery import (
     stored_next_seq,
     stored_rows,
     stream_commits_held,
+    until,
 )
 from tests.support.governance import (
     Buyer,
@@ -512,8 +513,7 @@ async def test_streams_stop_reading_while_the_server_has_no_room(database_url: s
                 for seq in range(1, 11):
                     stream.send(seq, [report(PLAN, "mb_1", day, seq * M)])
             # Two batches hold the server's room; each stream holds the one it read last.
-            while ledger.uncommitted_batches < 5:  # noqa: ASYNC110 - polls the streams' reads
-                await asyncio.sleep(0.01)
+            await until(lambda: ledger.uncommitted_batches >= 5)
             await asyncio.sleep(1)
             assert ledger.uncommitted_batches == 5
         for stream in streams:
@@ -524,6 +524,41 @@ async def test_streams_stop_reading_while_the_server_has_no_room(database_url: s
             stream.close()
         assert ledger.uncommitted_batches == 0
         assert (await buyer.state(PLAN)).spend_micros == 30 * M
+    finally:
+        await api.close()
+
+
+async def test_producers_that_go_away_cannot_pile_up_batches(database_url: str) -> None:
+    api = await RunningServer.start(database_url, stream_server_inflight=4)
+    try:
+        buyer = await committed_plan(api, "restless", PLAN, {"mb_1": 150_000})
+        ledger, committer = api.server.delivery, api.server.committer
+        streams = [RawStream(api, buyer.key, f"restless-{n}") for n in range(6)]
+        for stream in streams:
+            await stream.opened()
+        async with stream_commits_held(api.database_url):
+            for n, stream in enumerate(streams):
+                for seq in range(1, 9):
+                    stream.send(seq, [report(PLAN, "mb_1", 15 + n, seq * M)])
+                # The first takes the server's room and holds one more batch; each later one
+                # holds the one batch it read.
+                await until(lambda n=n: ledger.uncommitted_batches >= 5 + n)
+                stream.call.cancel()
+            await asyncio.sleep(0.5)
+            # Batches of connections gone keep their room until their transactions end:
+            # what waits for a transaction stays within the server's room.
+            assert committer.queued <= 4
+        await until(lambda: not ledger.uncommitted_batches)
+        # Every batch the server read commits, as if its ack had been lost.
+        assert [await stored_next_seq(api.database_url, f"restless-{n}") for n in range(6)] == [
+            6,
+            2,
+            2,
+            2,
+            2,
+            2,
+        ]
+        assert (await buyer.state(PLAN)).spend_micros == (5 + 5 * 1) * M
     finally:
         await api.close()
 
@@ -547,12 +582,10 @@ async def test_batches_far_apart_in_time_sharing_a_transaction_replace_their_per
             depth = api.server.database.batch_pipeline_depth
             for seq in range(2, 2 + depth):
                 plug.send(seq, [report(PLAN, "mb_1", 20, seq * M)])
-                while committer.in_flight < seq - 1:  # noqa: ASYNC110 - polls
-                    await asyncio.sleep(0.01)
+                await until(lambda seq=seq: committer.in_flight >= seq - 1)
             early.send(2, [report(PLAN, "mb_1", 15, 12 * M)])
             late.send(2, [report(PLAN, "mb_1", 27, 13 * M)])
-            while api.server.delivery.uncommitted_batches < depth + 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            await until(lambda: api.server.delivery.uncommitted_batches >= depth + 2)
         for stream in (plug, early, late):
             acks = [await stream.ack() for _ in range(depth if stream is plug else 1)]
             assert {a.disposition for a in acks} == {pb.BATCH_DISPOSITION_COMMITTED}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,16 @@ async def settled_task_count() -> int:
     for _ in range(50):
         await asyncio.sleep(0.02)
     return len(asyncio.all_tasks())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Returns once `condition()` holds; fails the test after `timeout` seconds."""
+
+    async def poll() -> None:
+        while not condition():  # noqa: ASYNC110 - polls state the server exposes
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 async def stored_rows(database_url: str, query: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -88,6 +88,11 @@ class GroupCommitter:
         """Transactions sent to storage whose callers are not resolved yet (for tests)."""
         return len(self._sent)
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for a transaction (for tests)."""
+        return self._queue.qsize()
+
     async def submit(self, op: BatchOp[I, R], item: I, *, weight: int = 1) -> R:
         """Apply `item` and return its result once the transaction holding it has committed.
 

@@ -105,16 +105,15 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     # after the acks of every batch read before it.
                     await reader
                     break
-                yield pb.StreamDeliveryResponse(ack=await item)
+                # Shielded: a stream cancelled while it waits must not cancel the commit.
+                yield pb.StreamDeliveryResponse(ack=await asyncio.shield(item))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            # Acks nobody will read: their batches commit or fail with their transaction.
-            while not acks.empty():
-                item = acks.get_nowait()
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+            # Acks nobody will read are left to run: their batches commit or fail with their
+            # transactions, and hold their room in the server until then, so that producers
+            # that keep going away and coming back cannot pile batches up behind it.
             self._ledger.release(principal, stream_id, generation)
 
     async def _read(
