@@ -112,8 +112,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             # Acks nobody will read are left to run: their batches commit or fail with their
-            # transactions, and hold their room in the server until then, so that producers
-            # that keep going away and coming back cannot pile batches up behind it.
+            # transactions and hold their room in the server until then, so that producers
+            # that keep going away and coming back cannot pile batches up in the group commit.
             self._ledger.release(principal, stream_id, generation)
 
     async def _read(
