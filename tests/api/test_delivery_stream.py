@@ -550,14 +550,8 @@ async def test_producers_that_go_away_cannot_pile_up_batches(database_url: str) 
             assert committer.queued <= 4
         await until(lambda: not ledger.uncommitted_batches)
         # Every batch the server read commits, as if its ack had been lost.
-        assert [await stored_next_seq(api.database_url, f"restless-{n}") for n in range(6)] == [
-            6,
-            2,
-            2,
-            2,
-            2,
-            2,
-        ]
+        cursors = [await stored_next_seq(api.database_url, f"restless-{n}") for n in range(6)]
+        assert cursors == [6] + [2] * 5
         assert (await buyer.state(PLAN)).spend_micros == (5 + 5 * 1) * M
     finally:
         await api.close()
