@@ -62,6 +62,9 @@ class Settings:
     watch_heartbeat_seconds: float = 15.0
     """WatchPlan sends an event or a heartbeat at least this often."""
 
+    watch_max_open: int = 1024
+    """WatchPlan watchers open at once; more are refused UNAVAILABLE / OVERLOADED."""
+
     watch_backlog: int = 10_000
     """A WatchPlan watcher this many events behind is dropped (WATCH_LAGGING)."""
 
@@ -112,6 +115,7 @@ _POSITIVE = {
     "stream_idle_seconds",
     "watch_heartbeat_seconds",
     "watch_backlog",
+    "watch_max_open",
     "db_pool_size",
 }
 _NON_NEGATIVE = {

@@ -80,6 +80,45 @@ async def test_watching_needs_the_plan(api: RunningServer) -> None:
     assert decode(raised.value).reason == "PLAN_NOT_FOUND"
 
 
+async def test_watchers_past_the_servers_limit_are_refused_overloaded(database_url: str) -> None:
+    api = await RunningServer.start(database_url, watch_max_open=2)
+    try:
+        buyer = await committed_plan(api, "crowded", PLAN, {"mb_1": 150_000})
+        first, _ = await watch_from_snapshot(api, buyer.key)
+        # A watcher refused for another reason leaves no count behind.
+        stranger = await api.register("stranger")
+        refused = api.stubs.delivery.WatchPlan(
+            pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(stranger)
+        )
+        with pytest.raises(aio.AioRpcError) as raised:
+            await refused.read()
+        assert decode(raised.value).reason == "PLAN_NOT_FOUND"
+        second, _ = await watch_from_snapshot(api, buyer.key)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await watch_from_snapshot(api, buyer.key)
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "OVERLOADED")
+        assert "google.rpc.RetryInfo" in error.details
+        first.cancel()
+        refusals = []
+        for _ in range(100):  # the server sees the cancel a moment after the client
+            watch = api.stubs.delivery.WatchPlan(
+                pb.WatchPlanRequest(plan_id=PLAN), metadata=bearer(buyer.key)
+            )
+            try:
+                opened = await watch.read()
+                break
+            except aio.AioRpcError as err:
+                refusals.append(decode(err).reason)
+                await asyncio.sleep(0.05)
+        assert opened.event.type == pb.PLAN_EVENT_TYPE_SNAPSHOT
+        assert set(refusals) <= {"OVERLOADED"}
+        watch.cancel()
+        second.cancel()
+    finally:
+        await api.close()
+
+
 async def test_a_watcher_that_falls_behind_is_dropped_and_can_reopen(database_url: str) -> None:
     api = await RunningServer.start(database_url, watch_heartbeat_seconds=30, watch_backlog=5)
     try:

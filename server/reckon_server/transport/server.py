@@ -151,6 +151,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
             delivery,
             heartbeat_seconds=settings.watch_heartbeat_seconds,
             watch_backlog=settings.watch_backlog,
+            max_watchers=settings.watch_max_open,
         ),
         server,
     )

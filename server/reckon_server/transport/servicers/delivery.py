@@ -17,7 +17,7 @@ from reckon.v1 import delivery_service_pb2_grpc, types_pb2
 from reckon_server.clock import utcnow
 from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
-from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
+from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
 from reckon_server.services.delivery import DeliveryLedger
 from reckon_server.storage.delivery import (
     BatchApplied,
@@ -44,11 +44,18 @@ _END = object()
 
 class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     def __init__(
-        self, ledger: DeliveryLedger, *, heartbeat_seconds: float, watch_backlog: int
+        self,
+        ledger: DeliveryLedger,
+        *,
+        heartbeat_seconds: float,
+        watch_backlog: int,
+        max_watchers: int,
     ) -> None:
         self._ledger = ledger
         self._heartbeat = heartbeat_seconds
         self._watch_backlog = watch_backlog
+        self._max_watchers = max_watchers
+        self._watchers = 0
 
     async def StreamDelivery(
         self, request_iterator: AsyncIterator[pb.StreamDeliveryRequest], context: Context
@@ -218,6 +225,23 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         principal = current_principal()
         if not request.plan_id:
             raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_id", "required")])
+        # Each watcher reads its plan's changes from storage whenever the plan changes.
+        if self._watchers >= self._max_watchers:
+            raise unavailable(
+                Reason.OVERLOADED,
+                f"this server has its limit of {self._max_watchers} plan watchers open; "
+                "retry, or connect to another replica",
+            )
+        self._watchers += 1
+        try:
+            async for response in self._watch(principal, request):
+                yield response
+        finally:
+            self._watchers -= 1
+
+    async def _watch(
+        self, principal: Principal, request: pb.WatchPlanRequest
+    ) -> AsyncIterator[pb.WatchPlanResponse]:
         governance = self._ledger.governance
         view = await governance.plan_view(principal, request.plan_id)
         terms = terms_from_document(view.plan.document)
