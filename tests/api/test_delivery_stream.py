@@ -53,6 +53,7 @@ from tests.support.governance import (
     seed_seller_response,
     ts,
 )
+from tests.support.postgres import PostgresServer
 
 PLAN = "streamed"
 
@@ -555,6 +556,32 @@ async def test_producers_that_go_away_cannot_pile_up_batches(database_url: str) 
         assert (await buyer.state(PLAN)).spend_micros == (5 + 5 * 1) * M
     finally:
         await api.close()
+
+
+async def test_a_stopped_server_leaves_no_connection_to_postgresql_behind(
+    postgres: PostgresServer,
+) -> None:
+    """Batches still committing when the server stops settle without storage being opened
+    again after it was released."""
+    url = await postgres.create_database()
+    api = await RunningServer.start(url)
+    buyer = await committed_plan(api, "late", PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, "late-1")
+    await stream.opened()
+    async with stream_commits_held(url):
+        for seq in range(1, 4):
+            stream.send(seq, [report(PLAN, "mb_1", 15, seq * M)])
+        await until(lambda: api.server.delivery.uncommitted_batches == 3)
+        stopping = asyncio.ensure_future(api.close())
+        await asyncio.sleep(0.5)
+    await stopping
+    await asyncio.sleep(0.5)
+    [(connections,)] = await stored_rows(
+        url,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    assert connections == 0
 
 
 async def test_batches_far_apart_in_time_sharing_a_transaction_replace_their_periods(

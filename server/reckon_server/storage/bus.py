@@ -19,6 +19,7 @@ from reckon_server.storage.database import Database
 
 log = logging.getLogger(__name__)
 CHANNEL = "reckon_changes"
+_CLOSE_SECONDS = 10.0
 Handler = Callable[[str, str], None]
 """Called with (topic, payload) for every change, on the event loop."""
 
@@ -29,6 +30,10 @@ class ChangeBus:
         self._handlers: list[Handler] = []
         self._listener: asyncpg.Connection | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._publishing = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     def subscribe(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -39,18 +44,33 @@ class ChangeBus:
             self._keeper = asyncio.get_running_loop().create_task(self._keep_listening())
 
     async def publish(self, topic: str, payload: str = "") -> None:
+        if self._closed:
+            # A write that settles while the server stops: other replicas' watchers catch up
+            # at their next heartbeat, and a connection opened now would never be closed.
+            return
         if self._database.is_sqlite:
             self._dispatch(topic, payload)
             return
-        # Our own listener receives it too, so local and remote subscribers see one path.
-        async with self._database.engine.connect() as conn:
-            await conn.execute(
-                sa.text("SELECT pg_notify(:channel, :message)"),
-                {"channel": CHANNEL, "message": f"{topic}\n{payload}"},
-            )
-            await conn.commit()
+        self._publishing += 1
+        self._quiet.clear()
+        try:
+            # Our own listener receives it too, so local and remote subscribers see one path.
+            async with self._database.engine.connect() as conn:
+                await conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :message)"),
+                    {"channel": CHANNEL, "message": f"{topic}\n{payload}"},
+                )
+                await conn.commit()
+        finally:
+            self._publishing -= 1
+            if not self._publishing:
+                self._quiet.set()
 
     async def close(self) -> None:
+        self._closed = True
+        # A connection still out when storage is released would stay open, lost to its pool.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet.wait(), _CLOSE_SECONDS)
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

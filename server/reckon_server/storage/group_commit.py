@@ -82,6 +82,7 @@ class GroupCommitter:
         """Batches sent to storage whose callers are not resolved yet."""
         self.batches = 0
         """Transactions committed so far (for tests and benchmarks)."""
+        self._closed = False
 
     @property
     def in_flight(self) -> int:
@@ -100,6 +101,9 @@ class GroupCommitter:
         weighs its reports) reach `max_weight`: a backlog then commits in transactions of
         bounded size, instead of one whose rows, results and copies in the SQLite writer's
         pipe would all be in memory at once."""
+        if self._closed:
+            # Storage is being released: a new writer would open connections nobody closes.
+            raise unavailable(Reason.DRAINING, "the server is shutting down")
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
         pending: _Pending[I, R] = _Pending(op, item, weight)
@@ -112,6 +116,7 @@ class GroupCommitter:
         return await pending.future
 
     async def close(self) -> None:
+        self._closed = True
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
