@@ -37,6 +37,29 @@ class StreamLimits:
     idle_seconds: float = 300.0
 
 
+class OpenLimit:
+    """Calls of one kind open at once on this server, refused OVERLOADED past `limit`."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        self._what = what
+        self._limit = limit
+        self._open = 0
+
+    def enter(self) -> None:
+        """Count one more, before the call's first await, so that calls racing one another
+        see each other; every `enter` that returns is paired with a `leave`."""
+        if self._open >= self._limit:
+            raise unavailable(
+                Reason.OVERLOADED,
+                f"this server has its limit of {self._limit} {self._what} open; retry, or "
+                "connect to another replica",
+            )
+        self._open += 1
+
+    def leave(self) -> None:
+        self._open -= 1
+
+
 @dataclass(frozen=True)
 class PlanChange:
     """One row of a plan's history, for WatchPlan."""
@@ -69,7 +92,7 @@ class DeliveryLedger:
             functools.partial(_stream_rules, threshold_pct=pacing_threshold_pct), terms_of
         )
         self._slots = asyncio.Semaphore(limits.server_inflight)
-        self._open_streams = 0
+        self._streams = OpenLimit("delivery streams", limits.max_streams)
         self.uncommitted_batches = 0
         """Batches streams have read and not yet seen committed or failed: what the limits
         bound."""
@@ -80,14 +103,7 @@ class DeliveryLedger:
         """Take over a stream. Returns its generation, next_seq, and an event that is set when
         a newer connection on this replica fences this one (other replicas are fenced by the
         generation check at commit). Every open that returns is paired with a `release`."""
-        if self._open_streams >= self.limits.max_streams:
-            raise unavailable(
-                Reason.OVERLOADED,
-                f"this server has its limit of {self.limits.max_streams} delivery streams "
-                "open; retry, or connect to another replica",
-            )
-        # Counted before the first await, so that opens racing one another see each other.
-        self._open_streams += 1
+        self._streams.enter()
         try:
             async with self._db.write() as conn:
                 opened = await store.open_stream(
@@ -99,7 +115,7 @@ class DeliveryLedger:
                     [FieldViolation("open.stream_id", "is used by another producer")],
                 )
         except BaseException:
-            self._open_streams -= 1
+            self._streams.leave()
             raise
         generation, next_seq = opened
         key = (principal.org_id, stream_id)
@@ -111,7 +127,7 @@ class DeliveryLedger:
         return generation, next_seq, fenced
 
     def release(self, principal: Principal, stream_id: str, generation: int) -> None:
-        self._open_streams -= 1
+        self._streams.leave()
         key = (principal.org_id, stream_id)
         if self._owners.get(key, (None,))[0] == generation:
             del self._owners[key]

@@ -17,8 +17,8 @@ from reckon.v1 import delivery_service_pb2_grpc, types_pb2
 from reckon_server.clock import utcnow
 from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
-from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
-from reckon_server.services.delivery import DeliveryLedger
+from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
+from reckon_server.services.delivery import DeliveryLedger, OpenLimit
 from reckon_server.storage.delivery import (
     BatchApplied,
     StreamBatch,
@@ -54,8 +54,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self._ledger = ledger
         self._heartbeat = heartbeat_seconds
         self._watch_backlog = watch_backlog
-        self._max_watchers = max_watchers
-        self._watchers = 0
+        self._watchers = OpenLimit("plan watchers", max_watchers)
 
     async def StreamDelivery(
         self, request_iterator: AsyncIterator[pb.StreamDeliveryRequest], context: Context
@@ -226,18 +225,12 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         if not request.plan_id:
             raise invalid(Reason.INVALID_REQUEST, [FieldViolation("plan_id", "required")])
         # Each watcher reads its plan's changes from storage whenever the plan changes.
-        if self._watchers >= self._max_watchers:
-            raise unavailable(
-                Reason.OVERLOADED,
-                f"this server has its limit of {self._max_watchers} plan watchers open; "
-                "retry, or connect to another replica",
-            )
-        self._watchers += 1
+        self._watchers.enter()
         try:
             async for response in self._watch(principal, request):
                 yield response
         finally:
-            self._watchers -= 1
+            self._watchers.leave()
 
     async def _watch(
         self, principal: Principal, request: pb.WatchPlanRequest
