@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sqlite3
 import sys
@@ -37,6 +36,7 @@ from reckon.v1 import governance_service_pb2 as pb
 from reckon_server.storage.schema import Base, delivery_periods, plan_outcomes
 from tests.perf.delivery_client import ON_PLAN_SPEND, batches
 from tests.support.api import Stubs, new_secret
+from tests.support.delivery import stream_commits_held
 from tests.support.governance import plan, seed_payload, seed_seller_response, struct
 from tests.support.postgres import start_postgres
 from tests.support.processes import ServerProcess, start_module, start_reckon
@@ -269,20 +269,18 @@ async def crowd(streams: int, batches_each: int = 20) -> None:
                     break
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "crowd.db"
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'crowd.db'}"
         admin = new_secret()
-        server = await start_reckon(f"sqlite+aiosqlite:///{path}", admin)
+        server = await start_reckon(url, admin)
         try:
             key = await prepare(server, admin)
             before = server.rss_mib()
-            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as blocker:
-                blocker.execute("BEGIN IMMEDIATE")
+            async with stream_commits_held(url):
                 producers = [
                     asyncio.ensure_future(produce(server.target, key, n)) for n in range(streams)
                 ]
                 await asyncio.sleep(15)
                 held = server.rss_mib()
-                blocker.execute("ROLLBACK")
             await asyncio.gather(*producers)
             print(
                 f"{streams} producers x {batches_each} batches of 1,000 reports, commits held "
