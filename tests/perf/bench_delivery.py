@@ -1,6 +1,7 @@
 """Delivery ingest: StreamDelivery against its two bounds, in one run.
 
-    .venv/bin/python -m tests.perf.bench_delivery [--reports 200000] [--soak 10000000]
+    .venv/bin/python -m tests.perf.bench_delivery [--reports 200000]
+        [--soak 10000000 [--producer-reports 500000]] [--crowd 60]
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
@@ -8,11 +9,14 @@ also printed with each report's outcome row inserted as well, both rows StreamDe
 and with both going into in-memory tables without keys: the sqlite3 module's own cost),
 (c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
-separate process. `--soak N` streams N reports to SQLite and prints the server's RSS as it
-goes, and how long GetPlanAuditLogs takes over the growing plan: its first page (the summary
-and 1,000 entries) and its next page of 1,000 entries. `--crowd N` has N producers each send
-20 batches of 1,000 reports while another connection holds SQLite's write lock, then lets
-the backlog commit, and prints the server's RSS before, while held and at its peak.
+separate process. `--soak N` streams N reports to SQLite, from producers that each send
+`--producer-reports` on a connection of their own, one after another, and prints as it goes
+the RSS of the server and of its child processes (the SQLite writer and multiprocessing's
+resource tracker), and how long GetPlanAuditLogs takes over the growing plan: its first page
+(the summary and 1,000 entries) and its next page of 1,000 entries. `--crowd N` has N
+producers each send 20 batches of 1,000 reports while another connection holds SQLite's
+write lock, then lets the backlog commit, and prints the server's RSS before, while held and
+at its peak.
 """
 
 from __future__ import annotations
@@ -216,21 +220,26 @@ async def audit_log_latency(target: str, key: str) -> tuple[float, float]:
     return 1000 * summary, 1000 * page
 
 
-async def soak(reports: int) -> None:
+async def soak(reports: int, producer_reports: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         admin = new_secret()
         server = await start_reckon(f"sqlite+aiosqlite:///{Path(tmp) / 'soak.db'}", admin)
         try:
             key = await prepare(server, admin)
-            chunk = 500_000
-            for sent in range(0, reports, chunk):
-                size = min(chunk, reports - sent)
+            report_every = max(1, 50_000 // producer_reports)
+            for producer, sent in enumerate(range(0, reports, producer_reports), 1):
+                size = min(producer_reports, reports - sent)
                 result = await client(server.target, key, f"soak-{sent}", size, first=sent)
+                if producer % report_every and sent + size < reports:
+                    continue
                 summary_ms, page_ms = await audit_log_latency(server.target, key)
+                own, *children = server.rss_mib_each()
                 print(
                     f"{sent + size:>11,} reports  "
                     f"{result['reports'] / result['seconds']:>9,.0f}/s  "
-                    f"RSS {server.rss_mib():.0f} MiB (peak {server.peak_rss_mib():.0f} MiB)  "
+                    f"RSS {own + sum(children):.0f} MiB (server {own:.0f} + "
+                    f"{' + '.join(f'{child:.0f}' for child in children)}; "
+                    f"peak {server.peak_rss_mib():.0f} MiB)  "
                     f"audit log: first page {summary_ms:,.0f} ms, next {page_ms:,.0f} ms",
                     flush=True,
                 )
@@ -353,10 +362,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=int, default=200_000)
     parser.add_argument("--soak", type=int, default=0, help="stream this many to SQLite instead")
+    parser.add_argument(
+        "--producer-reports", type=int, default=500_000, help="reports per soak producer"
+    )
     parser.add_argument("--crowd", type=int, default=0, help="this many producers, commits held")
     arguments = parser.parse_args()
     if arguments.soak:
-        asyncio.run(soak(arguments.soak))
+        asyncio.run(soak(arguments.soak, arguments.producer_reports))
     elif arguments.crowd:
         asyncio.run(crowd(arguments.crowd))
     else:

@@ -63,6 +63,11 @@ class ServerProcess:
         """Resident set size now (VmRSS) of the server and its child processes, summed."""
         return self._status_mib("VmRSS:")
 
+    def rss_mib_each(self) -> list[float]:
+        """Resident set size now (VmRSS) of the server and of each child process, the
+        server's own first."""
+        return self._status_mib_each("VmRSS:")
+
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the server process, and by its live child processes (the
         SQLite writer) together."""
@@ -70,11 +75,14 @@ class ServerProcess:
         return server, sum(children)
 
     def _status_mib(self, field: str) -> float:
-        total = 0
+        return sum(self._status_mib_each(field))
+
+    def _status_mib_each(self, field: str) -> list[float]:
+        sizes = []
         for status in proc_files(self.process.pid, "status"):
             line = next(li for li in status.splitlines() if li.startswith(field))
-            total += int(line.split()[1])
-        return total / 1024
+            sizes.append(int(line.split()[1]) / 1024)
+        return sizes
 
 
 async def start_reckon(
