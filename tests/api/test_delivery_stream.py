@@ -501,6 +501,52 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         await api.close()
 
 
+async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
+    database_url: str,
+) -> None:
+    """A producer that stops reading acks fills its window, and the server stops reading from
+    it; when it then goes away, its call ends, its place among the server's streams is free
+    again, and the stream resumes from its durable cursor."""
+    api = await RunningServer.start(database_url, stream_window=4, stream_max_open=1)
+    try:
+        buyer = await committed_plan(api, "held-back", PLAN, {"mb_1": 150_000})
+        stream = RawStream(api, buyer.key, "held-back-1")
+        await stream.opened()
+        big = [report(PLAN, "mb_1", 15, M) for _ in range(1000)]
+        for seq in range(1, 61):
+            stream.send(seq, big)
+        committed, previously = 0, -1
+        while committed != previously:
+            await asyncio.sleep(0.5)
+            committed, previously = (
+                await stored_next_seq(api.database_url, "held-back-1"),
+                committed,
+            )
+        assert committed < 60, "the server kept reading"
+        stream.call.cancel()
+
+        async def reopen() -> tuple[RawStream, int]:
+            while True:
+                again = RawStream(api, buyer.key, "held-back-1")
+                try:
+                    return again, (await again.opened()).next_seq
+                except aio.AioRpcError as refused:
+                    # Refused OVERLOADED only until the old call has ended.
+                    if refused.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    await asyncio.sleep(0.05)
+
+        again, next_seq = await asyncio.wait_for(reopen(), 10)
+        await until(lambda: api.server.delivery.uncommitted_batches == 0)
+        assert next_seq == await stored_next_seq(api.database_url, "held-back-1") >= committed
+        again.send(next_seq, [report(PLAN, "mb_1", 16, 2 * M)])
+        assert (await again.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        assert (await buyer.state(PLAN)).spend_micros == 3 * M
+        again.close()
+    finally:
+        await api.close()
+
+
 async def test_streams_stop_reading_while_the_server_has_no_room(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_server_inflight=2)
     try:

@@ -213,9 +213,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 # of decoded batches in memory at once.
                 await asyncio.wait((admitted, pending), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                acks.put_nowait(_END)
-            if acks.full():
+            # Only the response loop cancels its reader, once it takes no more acks: waiting
+            # for room for _END then would hold the call, and its stream, open for good.
+            reading = asyncio.current_task()
+            if reading is None or not reading.cancelling():
                 await acks.put(_END)
 
     async def WatchPlan(
