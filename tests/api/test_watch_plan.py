@@ -4,6 +4,7 @@ two replicas on PostgreSQL (LISTEN/NOTIFY)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -64,6 +65,55 @@ async def test_snapshot_then_checks_commitments_status_and_delivery(database_url
         # Heartbeats keep a quiet watch visibly alive.
         quiet = await asyncio.wait_for(watch.read(), 5)
         assert not quiet.HasField("event")
+        watch.cancel()
+    finally:
+        await api.close()
+
+
+async def stream_batches(api: RunningServer, key: str, stream_id: str, media_buy: str) -> set[str]:
+    """40 batches of 50 reports on one media buy of PLAN, sent without waiting for acks; the
+    outcome ids of the reports."""
+    stream = RawStream(api, key, stream_id)
+    await stream.opened()
+    for seq in range(1, 41):
+        stream.send(seq, [report(PLAN, media_buy, 15 + seq % 10, seq * M) for _ in range(50)])
+    outcome_ids = set()
+    for _ in range(40):
+        outcome_ids.update(r.accepted.outcome_id for r in (await stream.ack()).results)
+    stream.close()
+    return outcome_ids
+
+
+async def delivery_events(watch: aio.UnaryStreamCall, count: int) -> set[str]:  # type: ignore[type-arg]
+    """The outcome ids of the next `count` delivery events, which must all come within 10 s
+    (long before the next heartbeat would make a watcher look again)."""
+    seen: set[str] = set()
+
+    async def read() -> None:
+        while len(seen) < count:
+            response = await watch.read()
+            assert response is not aio.EOF
+            if response.event.type == pb.PLAN_EVENT_TYPE_DELIVERY:
+                seen.add(response.event.outcome_id)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(read(), 10)
+    return seen
+
+
+async def test_every_report_of_a_burst_reaches_the_watcher_at_once(database_url: str) -> None:
+    """Changes published while the watcher is busy sending the previous ones wake it again:
+    the last reports of a burst do not wait for the next heartbeat (30 s here)."""
+    api = await RunningServer.start(database_url, watch_heartbeat_seconds=30)
+    try:
+        buyer = await committed_plan(api, "burst", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
+        watch, _ = await watch_from_snapshot(api, buyer.key)
+        sent = await asyncio.gather(
+            stream_batches(api, buyer.key, "burst-1", "mb_1"),
+            stream_batches(api, buyer.key, "burst-2", "mb_2"),
+        )
+        outcome_ids = sent[0] | sent[1]
+        assert await delivery_events(watch, len(outcome_ids)) == outcome_ids
         watch.cancel()
     finally:
         await api.close()

@@ -149,17 +149,18 @@ class AuditLedger:
         self, principal: Principal, approval_id: str
     ) -> AsyncIterator[store.StoredApproval]:
         last: tuple[ApprovalState, datetime | None] | None = None
-        while True:
-            current = await self.approval(principal, approval_id)
-            if (current.state, current.resolved_at) != last:
-                last = (current.state, current.resolved_at)
-                yield current
-            if current.state is not ApprovalState.PENDING:
-                return
-            until_timeout = (current.timeout_at - utcnow()).total_seconds()
-            await self._notifier.wait(
-                f"approval:{approval_id}", max(0.0, min(APPROVAL_POLL_SECONDS, until_timeout))
-            )
+        # Subscribed before the first read: a resolution between a read and the wait after
+        # it still wakes the wait.
+        with self._notifier.watching(f"approval:{approval_id}") as changed:
+            while True:
+                current = await self.approval(principal, approval_id)
+                if (current.state, current.resolved_at) != last:
+                    last = (current.state, current.resolved_at)
+                    yield current
+                if current.state is not ApprovalState.PENDING:
+                    return
+                until_timeout = (current.timeout_at - utcnow()).total_seconds()
+                await changed.wait(max(0.0, min(APPROVAL_POLL_SECONDS, until_timeout)))
 
     async def resolve_approval(
         self, admin: Principal, approval_id: str, approve: bool, note: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from reckon_server.domain.pacing import DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
 from reckon_server.services.governance import GovernanceLedger, plan_topic
-from reckon_server.services.notify import Notifier
+from reckon_server.services.notify import Notifier, Subscription
 from reckon_server.storage import delivery as store
 from reckon_server.storage.database import Database
 from reckon_server.storage.governance import AuditScope, StoredCheck, trail_after
@@ -178,8 +179,10 @@ class DeliveryLedger:
         ]
         return changes, (int(plan.status), int(plan.version))
 
-    async def wait_for_change(self, principal: Principal, plan_id: str, within: float) -> None:
-        await self._notifier.wait(plan_topic(principal.org_id, plan_id), within)
+    def plan_changes(
+        self, principal: Principal, plan_id: str
+    ) -> contextlib.AbstractContextManager[Subscription]:
+        return self._notifier.watching(plan_topic(principal.org_id, plan_id))
 
 
 def _kind(entry: StoredCheck | Any) -> str:

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 from reckon_server.storage.bus import ChangeBus, Handler
+
+
+class Subscription:
+    """The changes of one topic since its subscriber last waited."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    async def wait(self, within: float) -> None:
+        """Return once the topic has changed since the last `wait` returned (at once if it
+        already has), or after `within` seconds. Subscribers re-read state after every
+        return; `within` bounds how stale they can be."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), within)
+        self._changed.clear()
+
+    def wake(self) -> None:
+        self._changed.set()
 
 
 class Notifier:
     def __init__(self, bus: ChangeBus) -> None:
         self._bus = bus
-        self._events: dict[str, asyncio.Event] = {}
+        self._subscriptions: dict[str, set[Subscription]] = {}
         bus.subscribe(self._wake)
 
     async def publish(self, topic: str, payload: str = "") -> None:
@@ -20,19 +39,25 @@ class Notifier:
     def subscribe(self, handler: Handler) -> None:
         self._bus.subscribe(handler)
 
-    def _wake(self, topic: str, _payload: str) -> None:
-        woken = list(self._events.values()) if topic == "*" else [self._events.get(topic)]
-        for event in woken:
-            if event is not None:
-                event.set()
-        if topic == "*":
-            self._events.clear()
-        else:
-            self._events.pop(topic, None)
+    @contextlib.contextmanager
+    def watching(self, topic: str) -> Iterator[Subscription]:
+        """A subscription to `topic` for the block. Subscribe before reading the state that
+        changes are to be seen against: a change published while the subscriber reads, or
+        does anything else, then wakes its next `wait`, instead of being missed."""
+        subscription = Subscription()
+        self._subscriptions.setdefault(topic, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._subscriptions[topic]
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscriptions[topic]
 
-    async def wait(self, topic: str, within: float) -> None:
-        """Return when `topic` is published or after `within` seconds, whichever is first.
-        Callers re-read state after every wake-up; `within` bounds how stale they can be."""
-        event = self._events.setdefault(topic, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), within)
+    def _wake(self, topic: str, _payload: str) -> None:
+        if topic == "*":
+            woken = [s for subscribers in self._subscriptions.values() for s in subscribers]
+        else:
+            woken = list(self._subscriptions.get(topic, ()))
+        for subscription in woken:
+            subscription.wake()

@@ -19,6 +19,7 @@ from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
 from reckon_server.services.delivery import DeliveryLedger, OpenLimit
+from reckon_server.services.notify import Subscription
 from reckon_server.storage.delivery import (
     BatchApplied,
     StreamBatch,
@@ -228,14 +229,17 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         # Each watcher reads its plan's changes from storage whenever the plan changes.
         self._watchers.enter()
         try:
-            async for response in self._watch(principal, request):
-                yield response
+            with self._ledger.plan_changes(principal, request.plan_id) as changed:
+                async for response in self._watch(principal, request, changed):
+                    yield response
         finally:
             self._watchers.leave()
 
     async def _watch(
-        self, principal: Principal, request: pb.WatchPlanRequest
+        self, principal: Principal, request: pb.WatchPlanRequest, changed: Subscription
     ) -> AsyncIterator[pb.WatchPlanResponse]:
+        """The snapshot, then the events of every change `changed` reports from then on (it
+        was subscribed before the snapshot is read, so no change falls in between)."""
         governance = self._ledger.governance
         view = await governance.plan_view(principal, request.plan_id)
         terms = terms_from_document(view.plan.document)
@@ -254,7 +258,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         watermark = (started, "")
         status_version = (view.plan.status, view.plan.version)
         while True:
-            await self._ledger.wait_for_change(principal, request.plan_id, self._heartbeat)
+            await changed.wait(self._heartbeat)
             changes, now_status = await self._ledger.changes_since(
                 principal, request.plan_id, watermark, self._watch_backlog
             )
