@@ -226,3 +226,20 @@ async def test_a_streamed_pacing_finding_reaches_a_watcher_on_another_replica(
     assert finding.explanation.startswith("Spend is pacing")
     stream.close()
     watch.cancel()
+
+
+async def test_reports_streamed_to_two_replicas_all_reach_a_watcher(
+    replicas: tuple[RunningServer, RunningServer],
+) -> None:
+    """Two producers on two replicas write the same plan's trail at once: each entry becomes
+    visible to the watcher after those it has already seen, none behind them."""
+    watched, other = replicas
+    buyer = await committed_plan(watched, "two", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
+    watch, _ = await watch_from_snapshot(watched, buyer.key)
+    sent = await asyncio.gather(
+        stream_batches(watched, buyer.key, "two-1", "mb_1"),
+        stream_batches(other, buyer.key, "two-2", "mb_2"),
+    )
+    outcome_ids = sent[0] | sent[1]
+    assert await delivery_events(watch, len(outcome_ids)) == outcome_ids
+    watch.cancel()

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 
-from reckon_server.clock import utcnow
+from reckon_server.clock import epoch_micros, utcnow
 from reckon_server.storage import migrate
 from reckon_server.storage.database import Database
-from reckon_server.storage.schema import Base, outcome_tallies, plan_outcomes
+from reckon_server.storage.schema import (
+    Base,
+    checks,
+    orgs,
+    outcome_tallies,
+    plan_outcomes,
+    plans,
+    principals,
+)
 
 
 async def test_upgrade_creates_the_whole_schema_and_is_idempotent(database_url: str) -> None:
@@ -32,28 +42,30 @@ async def test_upgrade_creates_the_whole_schema_and_is_idempotent(database_url: 
         assert {c.name for c in table.columns} == columns[name], name
 
 
+OUTCOME = {
+    "org_id": "org",
+    "plan_id": "p",
+    "check_id": None,
+    "governance_context": "gc_a",
+    "purchase_type": 1,
+    "outcome": 3,
+    "status": 1,
+    "committed_micros": None,
+    "findings_count": 0,
+    "response": {"findings": []},
+    "plan_hash": "0" * 64,
+    "created_at": utcnow(),
+}
+
+
 async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_url: str) -> None:
     database = Database(database_url)
-    outcome = {
-        "org_id": "org",
-        "plan_id": "p",
-        "check_id": None,
-        "governance_context": "gc_a",
-        "purchase_type": 1,
-        "outcome": 3,
-        "status": 1,
-        "committed_micros": None,
-        "findings_count": 0,
-        "response": {"findings": []},
-        "plan_hash": "0" * 64,
-        "created_at": utcnow(),
-    }
     stored = [
-        {**outcome, "outcome_id": "out_1"},
-        {**outcome, "outcome_id": "out_2", "findings_count": 2},
-        {**outcome, "outcome_id": "out_3", "governance_context": "gc_b"},
-        {**outcome, "outcome_id": "out_4", "purchase_type": 2, "findings_count": 1},
-        {**outcome, "outcome_id": "out_5", "plan_id": "q"},
+        {**OUTCOME, "outcome_id": "out_1"},
+        {**OUTCOME, "outcome_id": "out_2", "findings_count": 2},
+        {**OUTCOME, "outcome_id": "out_3", "governance_context": "gc_b"},
+        {**OUTCOME, "outcome_id": "out_4", "purchase_type": 2, "findings_count": 1},
+        {**OUTCOME, "outcome_id": "out_5", "plan_id": "q"},
     ]
     try:
         assert await migrate.upgrade(database, "0005") == "0005"
@@ -80,3 +92,83 @@ async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_u
         ("p", "gc_a", 2, 1, 1),
         ("q", "gc_a", 1, 1, 0),
     }
+
+
+async def test_plans_trail_clocks_start_at_their_latest_entries(database_url: str) -> None:
+    """A plan's trail clock starts at its latest check or outcome, so that entries added after
+    the upgrade follow those already stored."""
+    database = Database(database_url)
+    start = utcnow()
+    at = [start + timedelta(seconds=n) for n in range(4)]
+    plan = {
+        "org_id": "org",
+        "owner_id": "agent",
+        "status": 1,
+        "version": 1,
+        "currency": "USD",
+        "total_micros": 1,
+        "committed_micros": 0,
+        "document": {},
+        "plan_hash": "0" * 64,
+        "created_at": start,
+        "updated_at": start,
+    }
+    check = {
+        "org_id": "org",
+        "governance_context": "gc_a",
+        "principal_id": "agent",
+        "purchase_type": 1,
+        "phase": 1,
+        "check_type": 1,
+        "decision": 1,
+        "amount_micros": 0,
+        "reserves": False,
+        "expires_at": None,
+        "settled_by": None,
+        "superseded": False,
+        "findings_count": 0,
+        "request": {},
+        "response": {},
+        "plan_hash": "0" * 64,
+    }
+    try:
+        assert await migrate.upgrade(database, "0006") == "0006"
+        async with database.write() as conn:
+            await conn.execute(
+                sa.insert(orgs), {"org_id": "org", "name": "org", "created_at": start}
+            )
+            await conn.execute(
+                sa.insert(principals),
+                {
+                    "principal_id": "agent",
+                    "org_id": "org",
+                    "name": "a",
+                    "role": 1,
+                    "created_at": start,
+                },
+            )
+            await conn.execute(
+                sa.insert(plans).values(**plan),
+                [{"plan_id": p} for p in ("checked", "both", "new")],
+            )
+            await conn.execute(
+                sa.insert(checks).values(**check),
+                [
+                    {"check_id": "chk_1", "plan_id": "checked", "created_at": at[2]},
+                    {"check_id": "chk_2", "plan_id": "checked", "created_at": at[1]},
+                    {"check_id": "chk_3", "plan_id": "both", "created_at": at[3]},
+                ],
+            )
+            await conn.execute(
+                sa.insert(plan_outcomes).values(**OUTCOME),
+                [
+                    {"outcome_id": "out_1", "plan_id": "both", "created_at": at[1]},
+                    {"outcome_id": "out_2", "plan_id": "gone", "created_at": at[0]},
+                ],
+            )
+        assert await migrate.upgrade(database) == migrate.head_revision()
+        async with database.read() as conn:
+            clocks = dict((await conn.execute(sa.select(plans.c.plan_id, plans.c.trail_at))).all())
+    finally:
+        await database.dispose()
+    assert clocks == {"checked": epoch_micros(at[2]), "both": epoch_micros(at[3]), "new": 0}

@@ -427,7 +427,7 @@ class GovernanceLedger:
                     {**request.document, "caller": request.caller},
                     _verdict_document(verdict),
                     plan.plan_hash,
-                    now,
+                    await store.trail_time(conn, principal.org_id, plan.plan_id, now),
                 ),
             )
             if reserves:
@@ -546,7 +546,7 @@ class GovernanceLedger:
                 findings_count=len(result.findings),
                 response={"findings": [f.document() for f in result.findings]},
                 plan_hash=plan.plan_hash,
-                created_at=now,
+                created_at=await store.trail_time(conn, principal.org_id, plan.plan_id, now),
             )
             response = render(result)
             await store.store_response(

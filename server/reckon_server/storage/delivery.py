@@ -26,7 +26,7 @@ from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
 from reckon_server.errors import Reason, ReckonError, Resource, internal, not_found
-from reckon_server.storage.governance import PLAN_SPEND, add_to_tallies
+from reckon_server.storage.governance import NEXT_TRAIL_AT, PLAN_SPEND, add_to_tallies
 from reckon_server.storage.schema import (
     campaigns,
     delivery_periods,
@@ -283,12 +283,16 @@ class ApplyDeliveryBatches:
         }
         plan_rows: dict[tuple[str, str], Any] = {}
         plan_spend: dict[tuple[str, str], int] = {}
+        trail_at: dict[tuple[str, str], int] = {}
+        latest_us = max((epoch_micros(b.now) for b in batches), default=0)
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
-            row = conn.execute(_LOCK_PLAN, {"org": org_id, "plan": plan_id}).first()
+            names = {"org": org_id, "plan": plan_id}
+            row = conn.execute(_LOCK_PLAN, names).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
-                spend = conn.execute(PLAN_SPEND, {"org": org_id, "plan": plan_id}).scalar_one()
-                plan_spend[(org_id, plan_id)] = int(spend)
+                plan_spend[(org_id, plan_id)] = int(conn.execute(PLAN_SPEND, names).scalar_one())
+                at = conn.execute(NEXT_TRAIL_AT, {**names, "now": latest_us}).scalar_one()
+                trail_at[(org_id, plan_id)] = int(at)
         campaign_rows = self._campaigns(conn, named, plan_rows)
         lookups = _Lookups(
             plan_rows,
@@ -385,7 +389,7 @@ class ApplyDeliveryBatches:
                         len(findings),
                         document or _NO_FINDINGS,
                         target.plan_hash,
-                        now_us,
+                        trail_at[plan],
                     )
                 )
                 done.results.append((outcome_id, document))

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reckon_server.clock import epoch_micros
+from reckon_server.clock import epoch_micros, from_epoch_micros
 from reckon_server.storage.schema import (
     campaigns,
     checks,
@@ -140,6 +140,27 @@ async def lock_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredP
         .with_for_update(),
         _plan,
     )
+
+
+NEXT_TRAIL_AT = sa.text(
+    "UPDATE plans SET trail_at = CASE WHEN trail_at < :now THEN :now ELSE trail_at + 1 END "
+    "WHERE org_id = :org AND plan_id = :plan RETURNING trail_at"
+)
+"""The time (epoch microseconds) for the checks and outcomes a transaction adds to a plan's
+trail, run with the plan locked: now, unless that is not after the plan's latest entries.
+
+Watchers and audit pages read a trail after the (time, id) of its last entry they saw. Times
+taken before the plan's lock, or by replicas whose clocks differ, can commit out of order, and
+an entry that becomes visible behind that position is never seen. Times taken under the lock
+and never before the last ones follow the order in which the plan's transactions commit."""
+
+
+async def trail_time(conn: AsyncConnection, org_id: str, plan_id: str, now: datetime) -> datetime:
+    """`NEXT_TRAIL_AT` for one plan, locked by this transaction."""
+    at = await conn.execute(
+        NEXT_TRAIL_AT, {"org": org_id, "plan": plan_id, "now": epoch_micros(now)}
+    )
+    return from_epoch_micros(int(at.scalar_one()))
 
 
 async def get_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredPlan | None:

@@ -156,6 +156,9 @@ class PlanRow(Base):
     plan_hash: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
     updated_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+    trail_at: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    """The time (epoch microseconds) of the plan's latest checks and outcomes: see
+    `storage.governance.NEXT_TRAIL_AT`."""
 
 
 class CampaignRow(Base):
