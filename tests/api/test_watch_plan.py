@@ -70,40 +70,47 @@ async def test_snapshot_then_checks_commitments_status_and_delivery(database_url
         await api.close()
 
 
-async def stream_batches(api: RunningServer, key: str, stream_id: str, media_buy: str) -> set[str]:
+async def stream_batches(api: RunningServer, key: str, stream_id: str, media_buy: str) -> list[str]:
     """40 batches of 50 reports on one media buy of PLAN, sent without waiting for acks; the
-    outcome ids of the reports."""
+    outcome ids of the reports, in the order they were sent."""
     stream = RawStream(api, key, stream_id)
     await stream.opened()
     for seq in range(1, 41):
         stream.send(seq, [report(PLAN, media_buy, 15 + seq % 10, seq * M) for _ in range(50)])
-    outcome_ids = set()
+    outcome_ids = []
     for _ in range(40):
-        outcome_ids.update(r.accepted.outcome_id for r in (await stream.ack()).results)
+        outcome_ids += [r.accepted.outcome_id for r in (await stream.ack()).results]
     stream.close()
     return outcome_ids
 
 
-async def delivery_events(watch: aio.UnaryStreamCall, count: int) -> set[str]:  # type: ignore[type-arg]
-    """The outcome ids of the next `count` delivery events, which must all come within 10 s
-    (long before the next heartbeat would make a watcher look again)."""
-    seen: set[str] = set()
+async def assert_delivery_events(
+    watch: aio.UnaryStreamCall,  # type: ignore[type-arg]
+    *producers: list[str],
+) -> None:
+    """The next delivery events are the producers' reports, each producer's in the order it
+    sent them, all within 10 s (long before the next heartbeat would wake the watcher)."""
+    expected = {outcome_id for sent in producers for outcome_id in sent}
+    seen: list[str] = []
 
     async def read() -> None:
-        while len(seen) < count:
+        while len(seen) < len(expected):
             response = await watch.read()
             assert response is not aio.EOF
             if response.event.type == pb.PLAN_EVENT_TYPE_DELIVERY:
-                seen.add(response.event.outcome_id)
+                seen.append(response.event.outcome_id)
 
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(read(), 10)
-    return seen
+    assert set(seen) == expected, f"{len(expected - set(seen))} of {len(expected)} not seen"
+    for sent in producers:
+        assert [outcome_id for outcome_id in seen if outcome_id in set(sent)] == sent
 
 
 async def test_every_report_of_a_burst_reaches_the_watcher_at_once(database_url: str) -> None:
     """Changes published while the watcher is busy sending the previous ones wake it again:
-    the last reports of a burst do not wait for the next heartbeat (30 s here)."""
+    the last reports of a burst do not wait for the next heartbeat (30 s here). Events come in
+    the order the reports were sent, also within a batch and a transaction."""
     api = await RunningServer.start(database_url, watch_heartbeat_seconds=30)
     try:
         buyer = await committed_plan(api, "burst", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
@@ -112,8 +119,7 @@ async def test_every_report_of_a_burst_reaches_the_watcher_at_once(database_url:
             stream_batches(api, buyer.key, "burst-1", "mb_1"),
             stream_batches(api, buyer.key, "burst-2", "mb_2"),
         )
-        outcome_ids = sent[0] | sent[1]
-        assert await delivery_events(watch, len(outcome_ids)) == outcome_ids
+        await assert_delivery_events(watch, *sent)
         watch.cancel()
     finally:
         await api.close()
@@ -240,6 +246,5 @@ async def test_reports_streamed_to_two_replicas_all_reach_a_watcher(
         stream_batches(watched, buyer.key, "two-1", "mb_1"),
         stream_batches(other, buyer.key, "two-2", "mb_2"),
     )
-    outcome_ids = sent[0] | sent[1]
-    assert await delivery_events(watch, len(outcome_ids)) == outcome_ids
+    await assert_delivery_events(watch, *sent)
     watch.cancel()

@@ -283,16 +283,21 @@ class ApplyDeliveryBatches:
         }
         plan_rows: dict[tuple[str, str], Any] = {}
         plan_spend: dict[tuple[str, str], int] = {}
+        # Each plan's outcomes of this transaction are timed one microsecond apart in report
+        # order, from a block as long as the transaction's reports.
         trail_at: dict[tuple[str, str], int] = {}
         latest_us = max((epoch_micros(b.now) for b in batches), default=0)
+        count = sum(len(b.reports) for b in batches)
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
             names = {"org": org_id, "plan": plan_id}
             row = conn.execute(_LOCK_PLAN, names).first()
             if row is not None:
                 plan_rows[(org_id, plan_id)] = row
                 plan_spend[(org_id, plan_id)] = int(conn.execute(PLAN_SPEND, names).scalar_one())
-                at = conn.execute(NEXT_TRAIL_AT, {**names, "now": latest_us}).scalar_one()
-                trail_at[(org_id, plan_id)] = int(at)
+                last = conn.execute(
+                    NEXT_TRAIL_AT, {**names, "now": latest_us, "count": count}
+                ).scalar_one()
+                trail_at[(org_id, plan_id)] = int(last) - count + 1
         campaign_rows = self._campaigns(conn, named, plan_rows)
         lookups = _Lookups(
             plan_rows,
@@ -392,6 +397,7 @@ class ApplyDeliveryBatches:
                         trail_at[plan],
                     )
                 )
+                trail_at[plan] += 1
                 done.results.append((outcome_id, document))
             applied.append(done)
         _UPSERT_PERIODS.write(conn, period_rows)

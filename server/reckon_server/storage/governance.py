@@ -143,11 +143,13 @@ async def lock_plan(conn: AsyncConnection, org_id: str, plan_id: str) -> StoredP
 
 
 NEXT_TRAIL_AT = sa.text(
-    "UPDATE plans SET trail_at = CASE WHEN trail_at < :now THEN :now ELSE trail_at + 1 END "
+    "UPDATE plans SET trail_at = "
+    "CASE WHEN trail_at < :now THEN :now ELSE trail_at + 1 END + :count - 1 "
     "WHERE org_id = :org AND plan_id = :plan RETURNING trail_at"
 )
-"""The time (epoch microseconds) for the checks and outcomes a transaction adds to a plan's
-trail, run with the plan locked: now, unless that is not after the plan's latest entries.
+"""Times (epoch microseconds) for `count` checks and outcomes a transaction adds to a plan's
+trail, run with the plan locked: from now on, unless that is not after the plan's latest
+entry. Returns the last of the `count` times; they are one microsecond apart.
 
 Watchers and audit pages read a trail after the (time, id) of its last entry they saw. Times
 taken before the plan's lock, or by replicas whose clocks differ, can commit out of order, and
@@ -156,9 +158,9 @@ and never before the last ones follow the order in which the plan's transactions
 
 
 async def trail_time(conn: AsyncConnection, org_id: str, plan_id: str, now: datetime) -> datetime:
-    """`NEXT_TRAIL_AT` for one plan, locked by this transaction."""
+    """The time of one entry a transaction adds to a plan's trail (see `NEXT_TRAIL_AT`)."""
     at = await conn.execute(
-        NEXT_TRAIL_AT, {"org": org_id, "plan": plan_id, "now": epoch_micros(now)}
+        NEXT_TRAIL_AT, {"org": org_id, "plan": plan_id, "now": epoch_micros(now), "count": 1}
     )
     return from_epoch_micros(int(at.scalar_one()))
 
