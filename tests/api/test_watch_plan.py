@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -13,6 +14,8 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import delivery_service_pb2 as pb
+from reckon_server.clock import utcnow
+from reckon_server.transport.servicers import delivery as delivery_servicer
 from tests.support.api import RunningServer, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report
 from tests.support.governance import M, seed_payload
@@ -123,6 +126,22 @@ async def test_every_report_of_a_burst_reaches_the_watcher_at_once(database_url:
         watch.cancel()
     finally:
         await api.close()
+
+
+async def test_a_watcher_on_a_clock_running_ahead_still_sees_every_entry(
+    api: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's server reads a clock ten minutes ahead of the one that times the trail
+    (as a replica on another machine may): the watcher follows the trail, not its clock."""
+    buyer = await committed_plan(api, "skewed", PLAN, {"mb_1": 150_000})
+    monkeypatch.setattr(delivery_servicer, "utcnow", lambda: utcnow() + timedelta(minutes=10))
+    watch, _ = await watch_from_snapshot(api, buyer.key)
+    delivered = await buyer.deliver(
+        PLAN, "mb_1", "2026-03-15T00:00:00Z", "2026-03-16T00:00:00Z", 1_000 * M
+    )
+    event = await next_event(watch, pb.PLAN_EVENT_TYPE_DELIVERY)
+    assert event.outcome_id == delivered.outcome_id
+    watch.cancel()
 
 
 async def test_watching_needs_the_plan(api: RunningServer) -> None:

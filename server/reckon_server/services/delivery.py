@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reckon_server.clock import utcnow
+from reckon_server.clock import from_epoch_micros, utcnow
 from reckon_server.domain.pacing import DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
@@ -156,6 +156,19 @@ class DeliveryLedger:
             "the server is shutting down; reconnect and resume",
             retry_after_seconds=1.0,
         )
+
+    async def trail_end(self, principal: Principal, plan_id: str) -> tuple[datetime, str]:
+        """A trail position after every check and outcome of the plan committed so far
+        (later ones are timed after the plan's `trail_at`, whatever this replica's clock)."""
+        async with self._db.read() as conn:
+            trail_at = (
+                await conn.execute(
+                    sa.select(plans.c.trail_at).where(
+                        plans.c.org_id == principal.org_id, plans.c.plan_id == plan_id
+                    )
+                )
+            ).scalar_one_or_none()
+        return from_epoch_micros((trail_at or 0) + 1), ""
 
     async def changes_since(
         self, principal: Principal, plan_id: str, after: tuple[datetime, str], limit: int

@@ -241,6 +241,9 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         """The snapshot, then the events of every change `changed` reports from then on (it
         was subscribed before the snapshot is read, so no change falls in between)."""
         governance = self._ledger.governance
+        # Read before the snapshot: entries after it are those the snapshot may not hold (an
+        # entry that commits in between is in both, never in neither).
+        watermark = await self._ledger.trail_end(principal, request.plan_id)
         view = await governance.plan_view(principal, request.plan_id)
         terms = terms_from_document(view.plan.document)
         started = utcnow()
@@ -255,7 +258,6 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 seconds=int(self._heartbeat), nanos=int(self._heartbeat % 1 * 1e9)
             ),
         )
-        watermark = (started, "")
         status_version = (view.plan.status, view.plan.version)
         while True:
             await changed.wait(self._heartbeat)
