@@ -61,6 +61,11 @@ class ChangeBus:
                     {"channel": CHANNEL, "message": f"{topic}\n{payload}"},
                 )
                 await conn.commit()
+        except Exception:
+            # The change is committed: failing its caller now would report a stored write as
+            # lost. Subscribers here still hear of it; other replicas' at their next look.
+            log.warning("could not publish change %r to other replicas", topic, exc_info=True)
+            self._dispatch(topic, payload)
         finally:
             self._publishing -= 1
             if not self._publishing:
