@@ -87,12 +87,18 @@ async def stream_batches(api: RunningServer, key: str, stream_id: str, media_buy
     return outcome_ids
 
 
-async def assert_delivery_events(
-    watch: aio.UnaryStreamCall,  # type: ignore[type-arg]
-    *producers: list[str],
+async def assert_two_producers_reach_a_watcher(
+    watched: RunningServer, producing: tuple[RunningServer, RunningServer], name: str
 ) -> None:
-    """The next delivery events are the producers' reports, each producer's in the order it
-    sent them, all within 10 s (long before the next heartbeat would wake the watcher)."""
+    """Two producers, on `producing`, stream to one plan at once past a watcher on `watched`:
+    within 10 s (long before the next heartbeat would wake it) the watcher gets a delivery
+    event for every report, each producer's in the order it sent them."""
+    buyer = await committed_plan(watched, name, PLAN, {"mb_1": 150_000, "mb_2": 150_000})
+    watch, _ = await watch_from_snapshot(watched, buyer.key)
+    producers = await asyncio.gather(
+        stream_batches(producing[0], buyer.key, f"{name}-1", "mb_1"),
+        stream_batches(producing[1], buyer.key, f"{name}-2", "mb_2"),
+    )
     expected = {outcome_id for sent in producers for outcome_id in sent}
     seen: list[str] = []
 
@@ -105,6 +111,7 @@ async def assert_delivery_events(
 
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(read(), 10)
+    watch.cancel()
     assert set(seen) == expected, f"{len(expected - set(seen))} of {len(expected)} not seen"
     for sent in producers:
         assert [outcome_id for outcome_id in seen if outcome_id in set(sent)] == sent
@@ -116,14 +123,7 @@ async def test_every_report_of_a_burst_reaches_the_watcher_at_once(database_url:
     the order the reports were sent, also within a batch and a transaction."""
     api = await RunningServer.start(database_url, watch_heartbeat_seconds=30)
     try:
-        buyer = await committed_plan(api, "burst", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
-        watch, _ = await watch_from_snapshot(api, buyer.key)
-        sent = await asyncio.gather(
-            stream_batches(api, buyer.key, "burst-1", "mb_1"),
-            stream_batches(api, buyer.key, "burst-2", "mb_2"),
-        )
-        await assert_delivery_events(watch, *sent)
-        watch.cancel()
+        await assert_two_producers_reach_a_watcher(api, (api, api), "burst")
     finally:
         await api.close()
 
@@ -258,12 +258,4 @@ async def test_reports_streamed_to_two_replicas_all_reach_a_watcher(
 ) -> None:
     """Two producers on two replicas write the same plan's trail at once: each entry becomes
     visible to the watcher after those it has already seen, none behind them."""
-    watched, other = replicas
-    buyer = await committed_plan(watched, "two", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
-    watch, _ = await watch_from_snapshot(watched, buyer.key)
-    sent = await asyncio.gather(
-        stream_batches(watched, buyer.key, "two-1", "mb_1"),
-        stream_batches(other, buyer.key, "two-2", "mb_2"),
-    )
-    await assert_delivery_events(watch, *sent)
-    watch.cancel()
+    await assert_two_producers_reach_a_watcher(replicas[0], replicas, "two")
