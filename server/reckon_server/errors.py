@@ -46,6 +46,7 @@ class Reason(enum.StrEnum):
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
     WATCH_LAGGING = "WATCH_LAGGING"
+    CALLER_STALLED = "CALLER_STALLED"
 
 
 class Recovery(enum.StrEnum):

@@ -38,6 +38,10 @@ class Settings:
     keepalive_seconds: float = 30.0
     """Interval of server keepalive pings on idle connections."""
 
+    send_timeout_seconds: float = 60.0
+    """A streaming call whose caller takes none of the server's messages for this long, while
+    one waits to be sent, is ended (CALLER_STALLED), freeing its place for others."""
+
     check_ttl_seconds: float = 900.0
     """How long an approved governance check (and its reservation) stays valid."""
 
@@ -108,6 +112,7 @@ class Settings:
 _POSITIVE = {
     "max_message_bytes",
     "keepalive_seconds",
+    "send_timeout_seconds",
     "check_ttl_seconds",
     "stream_window",
     "stream_server_inflight",

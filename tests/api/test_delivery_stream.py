@@ -553,6 +553,58 @@ async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
         await api.close()
 
 
+async def test_a_producer_that_stops_taking_acks_is_ended_and_frees_its_place(
+    database_url: str,
+) -> None:
+    """A live producer that stops reading acks does not keep its stream, nor its place among
+    the server's streams: once no ack has gone out for the send timeout, the call ends
+    CALLER_STALLED after the acks it had taken, and the stream resumes from its cursor."""
+    api = await RunningServer.start(
+        database_url, stream_window=4, stream_max_open=1, send_timeout_seconds=1
+    )
+    try:
+        buyer = await committed_plan(api, "stalled", PLAN, {"mb_1": 150_000})
+        stalled = RawStream(api, buyer.key, "stalled-1")
+        await stalled.opened()
+        committed = await flood_until_held_back(api, stalled, "stalled-1")
+        assert committed < 60, "the server kept reading"
+
+        # The only place is free again, without the stalled caller going away.
+        again = RawStream(api, buyer.key, "stalled-2")
+        assert (await again.opened()).next_seq == 1
+        again.close()
+        await until(lambda: api.server.delivery.uncommitted_batches == 0)
+
+        acked: list[int] = []
+
+        async def read_acks() -> None:
+            while True:
+                acked.append((await stalled.ack()).seq)
+
+        with pytest.raises(aio.AioRpcError) as raised:
+            await read_acks()
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "CALLER_STALLED",
+        )
+        assert error.metadata["method"] == "/reckon.v1.DeliveryService/StreamDelivery"
+        assert "google.rpc.RetryInfo" in error.details
+        # What was acked is a prefix of what was committed; nothing else was.
+        assert acked == list(range(1, len(acked) + 1))
+        assert len(acked) <= committed == await stored_next_seq(api.database_url, "stalled-1") - 1
+
+        resumed = RawStream(api, buyer.key, "stalled-1")
+        next_seq = (await resumed.opened()).next_seq
+        assert next_seq == committed + 1
+        resumed.send(next_seq, [report(PLAN, "mb_1", 16, 2 * M)])
+        assert (await resumed.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        assert (await buyer.state(PLAN)).spend_micros == 3 * M
+        resumed.close()
+    finally:
+        await api.close()
+
+
 async def test_streams_stop_reading_while_the_server_has_no_room(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_server_inflight=2)
     try:

@@ -219,6 +219,61 @@ async def test_a_watcher_that_falls_behind_is_dropped_and_can_reopen(database_ur
         await api.close()
 
 
+async def test_a_watcher_that_stops_reading_is_ended_and_frees_its_place(
+    database_url: str,
+) -> None:
+    """However large its backlog may grow, a watcher that takes no event for the send timeout
+    is ended CALLER_STALLED rather than holding its place among the server's watchers."""
+    api = await RunningServer.start(
+        database_url,
+        watch_heartbeat_seconds=30,
+        watch_backlog=1_000_000,
+        watch_max_open=1,
+        send_timeout_seconds=1,
+    )
+    try:
+        buyer = await committed_plan(api, "stalled", PLAN, {"mb_1": 150_000})
+        stalled, _ = await watch_from_snapshot(api, buyer.key)
+        stream = RawStream(api, buyer.key, "stalled")
+        await stream.opened()
+
+        async def reopen() -> aio.UnaryStreamCall:  # type: ignore[type-arg]
+            seq = 0
+            while True:
+                # More events than transport buffers hold for a watcher that does not read.
+                seq += 1
+                stream.send(seq, [report(PLAN, "mb_1", 15, seq * M) for _ in range(1000)])
+                assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+                try:
+                    return (await watch_from_snapshot(api, buyer.key))[0]
+                except aio.AioRpcError as refused:
+                    # Refused OVERLOADED only while the stalled watcher holds the place.
+                    if refused.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+
+        reopened = await asyncio.wait_for(reopen(), 60)
+        reopened.cancel()
+        stream.close()
+        received: list[pb.PlanEvent] = []
+
+        async def read_events() -> None:
+            while True:
+                received.append(await next_event(stalled, pb.PLAN_EVENT_TYPE_DELIVERY))
+
+        with pytest.raises(aio.AioRpcError) as raised:
+            await read_events()
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "CALLER_STALLED",
+        )
+        assert error.metadata["method"] == "/reckon.v1.DeliveryService/WatchPlan"
+        assert "google.rpc.RetryInfo" in error.details
+        assert len(received) > 1000
+    finally:
+        await api.close()
+
+
 @pytest.fixture
 async def replicas(postgres: PostgresServer) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     url = await postgres.create_database()

@@ -4,7 +4,9 @@ It wraps each method handler so that, in the handler's own task: undecodable req
 become INVALID_BODY (grpc would answer INTERNAL), a request with NUL in a string is refused
 (see `text`), the bearer key is authenticated and the principal set for the servicer, and
 every ReckonError is turned into its status by `status.to_grpc_status`. Anything else is
-logged under an incident id and answered INTERNAL without detail.
+logged under an incident id and answered INTERNAL without detail. A streaming call whose
+caller stops taking its messages is ended CALLER_STALLED: HTTP/2 flow control would otherwise
+hold it, and whatever its servicer holds, for as long as the connection lives.
 
 Messages of the delivery stream are the exception to the NUL check here: a generic walk of a
 batch would cost as much as the rest of its decoding, so the stream checks the strings of
@@ -13,8 +15,10 @@ each report itself, where it reads them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +78,9 @@ def _check_decoded(message: Any) -> None:
 
 
 class EdgeInterceptor(aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticator) -> None:
+    def __init__(self, authenticate: Authenticator, *, send_timeout_seconds: float) -> None:
         self._authenticate = authenticate
+        self._send_timeout = send_timeout_seconds
         # Wrapping is per method, not per call: handlers are built once and reused.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -149,19 +154,44 @@ class EdgeInterceptor(aio.ServerInterceptor):
         return handle
 
     def _streaming(self, behavior: Any, method: str, *, request_streaming: bool) -> Any:
-        async def handle(
+        async def respond(
             request: Any, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        ) -> AsyncGenerator[Any]:
             try:
                 await self._enter(context)
                 if request_streaming:
                     request = _checked_stream(request)
                 else:
                     _check_decoded(request)
-                async for response in behavior(request, context):
-                    yield response
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
             except Exception as err:
                 await _abort(context, method, err)
+
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            async with contextlib.aclosing(respond(request, context)) as responses:
+                async for response in responses:
+                    try:
+                        async with asyncio.timeout(self._send_timeout):
+                            await context.write(response)
+                    except TimeoutError:
+                        break
+                else:
+                    return
+            # Only now that the servicer has let go of what the call held: the status waits
+            # behind the unread messages, for as long as the connection lives.
+            await context.abort_with_status(
+                to_grpc_status(
+                    ReckonError(
+                        Reason.CALLER_STALLED,
+                        f"the caller took none of this call's messages for "
+                        f"{self._send_timeout:g} s; reopen the call to go on",
+                        {"method": method},
+                        retry_after_seconds=1.0,
+                    )
+                )
+            )
 
         return handle
 

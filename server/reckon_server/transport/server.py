@@ -128,7 +128,9 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
 
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     server = aio.server(
-        interceptors=[EdgeInterceptor(authenticate)],
+        interceptors=[
+            EdgeInterceptor(authenticate, send_timeout_seconds=settings.send_timeout_seconds)
+        ],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -46,6 +46,7 @@ _CODES: dict[Reason, grpc.StatusCode] = {
     Reason.STORAGE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
     Reason.WATCH_LAGGING: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.CALLER_STALLED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -119,6 +119,12 @@ const (
 	// was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
 	// Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
 	ErrorReason_ERROR_REASON_WATCH_LAGGING ErrorReason = 28
+	// ERROR_REASON_CALLER_STALLED: the caller of a streaming call took none of the server's
+	// messages for `RECKON_SEND_TIMEOUT_SECONDS` while one waited to be sent, so the server ended
+	// the call and freed its place. Work the call had handed over stands (a delivery stream's
+	// batches were committed or failed as usual); reopen the call to go on. Code
+	// RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `method`.
+	ErrorReason_ERROR_REASON_CALLER_STALLED ErrorReason = 29
 )
 
 // Enum value maps for ErrorReason.
@@ -153,6 +159,7 @@ var (
 		26: "ERROR_REASON_STORAGE_UNAVAILABLE",
 		27: "ERROR_REASON_INTERNAL",
 		28: "ERROR_REASON_WATCH_LAGGING",
+		29: "ERROR_REASON_CALLER_STALLED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":               0,
@@ -184,6 +191,7 @@ var (
 		"ERROR_REASON_STORAGE_UNAVAILABLE":       26,
 		"ERROR_REASON_INTERNAL":                  27,
 		"ERROR_REASON_WATCH_LAGGING":             28,
+		"ERROR_REASON_CALLER_STALLED":            29,
 	}
 )
 
@@ -218,7 +226,7 @@ var File_reckon_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_reckon_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1creckon/v1/error_reason.proto\x12\treckon.v1*\xf3\a\n" +
+	"\x1creckon/v1/error_reason.proto\x12\treckon.v1*\x94\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_INVALID_AUDIT_EVENT_ID\x10\x01\x12 \n" +
@@ -249,7 +257,8 @@ const file_reckon_v1_error_reason_proto_rawDesc = "" +
 	"\x1aERROR_REASON_KEY_NOT_FOUND\x10\x19\x12$\n" +
 	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x1a\x12\x19\n" +
 	"\x15ERROR_REASON_INTERNAL\x10\x1b\x12\x1e\n" +
-	"\x1aERROR_REASON_WATCH_LAGGING\x10\x1cB<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3"
+	"\x1aERROR_REASON_WATCH_LAGGING\x10\x1c\x12\x1f\n" +
+	"\x1bERROR_REASON_CALLER_STALLED\x10\x1dB<Z:github.com/reckonhq/reckon/generated/go/reckon/v1;reckonv1b\x06proto3"
 
 var (
 	file_reckon_v1_error_reason_proto_rawDescOnce sync.Once

@@ -139,6 +139,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
     Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
     """
+    ERROR_REASON_CALLER_STALLED: _ErrorReason.ValueType  # 29
+    """ERROR_REASON_CALLER_STALLED: the caller of a streaming call took none of the server's
+    messages for `RECKON_SEND_TIMEOUT_SECONDS` while one waited to be sent, so the server ended
+    the call and freed its place. Work the call had handed over stands (a delivery stream's
+    batches were committed or failed as usual); reopen the call to go on. Code
+    RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `method`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every `google.rpc.ErrorInfo.reason` Reckon returns. On the wire the reason
@@ -264,5 +271,12 @@ ERROR_REASON_WATCH_LAGGING: ErrorReason.ValueType  # 28
 """ERROR_REASON_WATCH_LAGGING: a WatchPlan caller fell too far behind the plan's events and
 was dropped so that it cannot slow anyone else; reopen the watch for a fresh snapshot.
 Code RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `plan_id`.
+"""
+ERROR_REASON_CALLER_STALLED: ErrorReason.ValueType  # 29
+"""ERROR_REASON_CALLER_STALLED: the caller of a streaming call took none of the server's
+messages for `RECKON_SEND_TIMEOUT_SECONDS` while one waited to be sent, so the server ended
+the call and freed its place. Work the call had handed over stands (a delivery stream's
+batches were committed or failed as usual); reopen the call to go on. Code
+RESOURCE_EXHAUSTED, with RetryInfo. Metadata: `method`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
