@@ -14,6 +14,9 @@ from grpc import aio
 
 from reckon.v1 import admin_service_pb2, types_pb2
 from reckon.v1 import audit_service_pb2 as pb
+from reckon_server.domain.principals import Principal
+from reckon_server.services import audit as audit_service
+from reckon_server.storage.audit import StoredApproval
 from reckon_server.storage.database import Database
 from tests.support.api import RunningServer, bearer, decode, forged_tokens
 
@@ -378,6 +381,38 @@ def _resolve(
         else admin_service_pb2.APPROVAL_DECISION_DENY,
         note=note,
     )
+
+
+async def test_a_resolution_while_the_watcher_reads_reaches_it_at_once(
+    api: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An approval resolved after the watcher read it PENDING, and before it waits again,
+    wakes that wait: the watcher does not sleep until its next poll."""
+    monkeypatch.setattr(audit_service, "APPROVAL_POLL_SECONDS", 60.0)
+    agent = await api.register("racing")
+    requested = await execute(api, agent, "review.slow", change="drop index")
+    read_approval = audit_service.AuditLedger.approval
+    raced = False
+
+    async def resolved_behind_the_read(
+        ledger: audit_service.AuditLedger, principal: Principal, approval_id: str
+    ) -> StoredApproval:
+        nonlocal raced
+        current = await read_approval(ledger, principal, approval_id)
+        if not principal.is_admin and not raced:
+            raced = True
+            await api.stubs.admin.ResolveApproval(
+                _resolve(approval_id, approve=False), metadata=bearer(api.admin_key)
+            )
+        return current
+
+    monkeypatch.setattr(audit_service.AuditLedger, "approval", resolved_behind_the_read)
+    watch = api.stubs.audit.WatchApproval(
+        pb.WatchApprovalRequest(approval_id=requested.approval_id), metadata=bearer(agent)
+    )
+    states = [(await asyncio.wait_for(watch.read(), 10)).approval.state for _ in range(2)]
+    assert raced
+    assert states == [types_pb2.APPROVAL_STATE_PENDING, types_pb2.APPROVAL_STATE_DENIED]
 
 
 async def test_watch_sees_an_admin_resolve_the_approval(api: RunningServer) -> None:
