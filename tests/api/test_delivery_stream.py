@@ -33,7 +33,7 @@ from reckon_server.storage.delivery import (
 )
 from reckon_server.transport.governance_codec import terms_from_document
 from reckon_server.transport.servicers.delivery import _report
-from tests.support.api import RunningServer, bearer, decode
+from tests.support.api import RunningServer, assert_caller_stalled, bearer, decode
 from tests.support.delivery import (
     RawStream,
     committed_plan,
@@ -480,6 +480,15 @@ async def test_undecodable_bytes_mid_stream_end_it_invalid_body_after_earlier_ac
     assert await stored_next_seq(api.database_url, "garbled-1") == 2
 
 
+async def held_back_stream(api: RunningServer, name: str) -> tuple[Buyer, RawStream, int]:
+    """A buyer `name` with a committed plan, and its stream `name-1` flooded until held back
+    (`flood_until_held_back`), with how many batches it committed."""
+    buyer = await committed_plan(api, name, PLAN, {"mb_1": 150_000})
+    stream = RawStream(api, buyer.key, f"{name}-1")
+    await stream.opened()
+    return buyer, stream, await flood_until_held_back(api, stream, f"{name}-1")
+
+
 async def flood_until_held_back(api: RunningServer, stream: RawStream, stream_id: str) -> int:
     """Send 60 batches of 1,000 reports without reading an ack; once the stream has committed
     some and its commits stop advancing for a second (the server has stopped reading it), how
@@ -502,12 +511,9 @@ async def flood_until_held_back(api: RunningServer, stream: RawStream, stream_id
 async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_window=4)
     try:
-        buyer = await committed_plan(api, "greedy", PLAN, {"mb_1": 150_000})
-        stream = RawStream(api, buyer.key, "greedy-1")
-        await stream.opened()
         # It stopped reading: what it committed is its window plus the acks transport
         # buffers hold, far below the 60 batches offered.
-        committed = await flood_until_held_back(api, stream, "greedy-1")
+        _, stream, committed = await held_back_stream(api, "greedy")
         assert 1 <= committed <= 40, committed
         acks = [await stream.ack() for _ in range(60)]
         assert [a.seq for a in acks] == list(range(1, 61))
@@ -524,10 +530,7 @@ async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
     again, and the stream resumes from its durable cursor."""
     api = await RunningServer.start(database_url, stream_window=4, stream_max_open=1)
     try:
-        buyer = await committed_plan(api, "held-back", PLAN, {"mb_1": 150_000})
-        stream = RawStream(api, buyer.key, "held-back-1")
-        await stream.opened()
-        committed = await flood_until_held_back(api, stream, "held-back-1")
+        buyer, stream, committed = await held_back_stream(api, "held-back")
         assert committed < 60, "the server kept reading"
         stream.call.cancel()
 
@@ -563,10 +566,7 @@ async def test_a_producer_that_stops_taking_acks_is_ended_and_frees_its_place(
         database_url, stream_window=4, stream_max_open=1, send_timeout_seconds=1
     )
     try:
-        buyer = await committed_plan(api, "stalled", PLAN, {"mb_1": 150_000})
-        stalled = RawStream(api, buyer.key, "stalled-1")
-        await stalled.opened()
-        committed = await flood_until_held_back(api, stalled, "stalled-1")
+        buyer, stalled, committed = await held_back_stream(api, "stalled")
         assert committed < 60, "the server kept reading"
 
         # The only place is free again, without the stalled caller going away.
@@ -583,13 +583,7 @@ async def test_a_producer_that_stops_taking_acks_is_ended_and_frees_its_place(
 
         with pytest.raises(aio.AioRpcError) as raised:
             await read_acks()
-        error = decode(raised.value)
-        assert (error.code, error.reason) == (
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "CALLER_STALLED",
-        )
-        assert error.metadata["method"] == "/reckon.v1.DeliveryService/StreamDelivery"
-        assert "google.rpc.RetryInfo" in error.details
+        assert_caller_stalled(raised.value, "/reckon.v1.DeliveryService/StreamDelivery")
         # What was acked is a prefix of what was committed; nothing else was.
         assert acked == list(range(1, len(acked) + 1))
         assert len(acked) <= committed == await stored_next_seq(api.database_url, "stalled-1") - 1

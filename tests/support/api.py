@@ -143,6 +143,14 @@ class DecodedError:
     """Type names of every detail message, e.g. ('google.rpc.ErrorInfo', ...)."""
 
 
+def assert_caller_stalled(err: aio.AioRpcError, method: str) -> None:
+    """`err` ended a call of `method` whose caller stopped taking its messages."""
+    error = decode(err)
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_STALLED")
+    assert error.metadata["method"] == method
+    assert "google.rpc.RetryInfo" in error.details
+
+
 def decode(err: aio.AioRpcError) -> DecodedError:
     """The status details of a failed call; fails the test if ErrorInfo is missing."""
     status = rpc_status.from_call(err)
