@@ -18,7 +18,7 @@ from reckon_client import DeliveryStreamer, Reckon
 from tests.support.api import RunningServer, Stubs, bearer, decode, new_secret
 from tests.support.delivery import (
     RawStream,
-    assert_tallies_count_the_outcomes,
+    assert_tallies_count_the_trail,
     committed_plan,
     report,
     stored_next_seq,
@@ -83,7 +83,7 @@ async def test_a_producer_killed_mid_stream_resumes_without_loss_or_double_count
     assert out.decode().splitlines()[-1] == "done"
     assert await _totals(api.database_url) == EXPECTED
     assert await stored_next_seq(api.database_url, "crashy") == REPORTS // BATCH + 1
-    await assert_tallies_count_the_outcomes(api.database_url)
+    await assert_tallies_count_the_trail(api.database_url)
 
 
 @pytest.mark.timeout(300)
@@ -140,7 +140,7 @@ async def test_a_server_killed_mid_stream_loses_nothing_acknowledged(tmp_path: o
     await server.stop()
     assert sorted(set(acked)) == list(range(1, REPORTS // BATCH + 1))
     assert await _totals(url) == EXPECTED
-    await assert_tallies_count_the_outcomes(url)
+    await assert_tallies_count_the_trail(url)
 
 
 async def _acks_until_the_stream_ends(stream: RawStream) -> None:

@@ -17,7 +17,7 @@ from reckon.v1 import governance_service_pb2 as pb
 from reckon_client import DeliveryStreamer, Reckon
 from reckon_server.storage.database import Database
 from tests.support.api import Stubs, bearer, decode, new_secret
-from tests.support.delivery import assert_tallies_count_the_outcomes
+from tests.support.delivery import assert_tallies_count_the_trail
 from tests.support.governance import (
     Buyer,
     M,
@@ -170,7 +170,7 @@ async def test_books_balance_under_concurrent_replicas(
     assert approved_total == committed
     assert committed <= TOTAL * M
     assert len(approved_checks) > CAMPAIGNS // 2  # the test exercised real approvals
-    await assert_tallies_count_the_outcomes(url)
+    await assert_tallies_count_the_trail(url)
 
 
 @pytest.mark.timeout(300)
@@ -233,4 +233,4 @@ async def test_streamed_and_unary_deliveries_of_the_same_campaigns_on_other_repl
         )
     assert acked == list(range(1, streamed // 100 + 1))
     assert summary.plans[0].summary.outcomes_reported == media_buys + streamed + unary
-    await assert_tallies_count_the_outcomes(url)
+    await assert_tallies_count_the_trail(url)

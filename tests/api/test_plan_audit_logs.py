@@ -17,7 +17,7 @@ from reckon.v1 import delivery_service_pb2 as dpb
 from reckon.v1 import governance_service_pb2 as pb
 from reckon_client import DeliveryStreamer, Reckon
 from tests.support.api import DecodedError, RunningServer, bearer, decode, forged_tokens
-from tests.support.delivery import assert_tallies_count_the_outcomes, committed_plan
+from tests.support.delivery import assert_tallies_count_the_trail, committed_plan
 from tests.support.governance import Buyer, plan, seed_payload
 from tests.support.producer import minute_report
 
@@ -75,7 +75,7 @@ async def test_a_trail_longer_than_a_message_is_read_page_by_page(api: RunningSe
     assert len(set(streamed)) == STREAMED
     assert all(streamed)
 
-    await assert_tallies_count_the_outcomes(api.database_url)
+    await assert_tallies_count_the_trail(api.database_url)
     summary = (await logs(buyer, plan_ids=["long"])).plans[0]
     assert not summary.entries
     # The commitment: one check and its completion, then every streamed report.

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reckon_server.clock import epoch_micros, utcnow
 from reckon_server.storage import migrate
 from reckon_server.storage.database import Database
 from reckon_server.storage.schema import (
     Base,
+    check_tallies,
     checks,
     orgs,
     outcome_tallies,
@@ -58,6 +60,26 @@ OUTCOME = {
 }
 
 
+CHECK = {
+    "org_id": "org",
+    "governance_context": "gc_a",
+    "principal_id": "agent",
+    "purchase_type": 1,
+    "phase": 1,
+    "check_type": 1,
+    "decision": 1,
+    "amount_micros": 0,
+    "reserves": False,
+    "expires_at": None,
+    "settled_by": None,
+    "superseded": False,
+    "findings_count": 0,
+    "request": {},
+    "response": {},
+    "plan_hash": "0" * 64,
+}
+
+
 async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_url: str) -> None:
     database = Database(database_url)
     stored = [
@@ -94,65 +116,44 @@ async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_u
     }
 
 
+async def store_plans(conn: AsyncConnection, *plan_ids: str) -> None:
+    """Plans of one agent of org "org", stored as an earlier revision's schema holds them."""
+    now = utcnow()
+    await conn.execute(sa.insert(orgs), {"org_id": "org", "name": "org", "created_at": now})
+    await conn.execute(
+        sa.insert(principals),
+        {"principal_id": "agent", "org_id": "org", "name": "a", "role": 1, "created_at": now},
+    )
+    await conn.execute(
+        sa.insert(plans).values(
+            org_id="org",
+            owner_id="agent",
+            status=1,
+            version=1,
+            currency="USD",
+            total_micros=1,
+            committed_micros=0,
+            document={},
+            plan_hash="0" * 64,
+            created_at=now,
+            updated_at=now,
+        ),
+        [{"plan_id": p} for p in plan_ids],
+    )
+
+
 async def test_plans_trail_clocks_start_at_their_latest_entries(database_url: str) -> None:
     """A plan's trail clock starts at its latest check or outcome, so that entries added after
     the upgrade follow those already stored."""
     database = Database(database_url)
     start = utcnow()
     at = [start + timedelta(seconds=n) for n in range(4)]
-    plan = {
-        "org_id": "org",
-        "owner_id": "agent",
-        "status": 1,
-        "version": 1,
-        "currency": "USD",
-        "total_micros": 1,
-        "committed_micros": 0,
-        "document": {},
-        "plan_hash": "0" * 64,
-        "created_at": start,
-        "updated_at": start,
-    }
-    check = {
-        "org_id": "org",
-        "governance_context": "gc_a",
-        "principal_id": "agent",
-        "purchase_type": 1,
-        "phase": 1,
-        "check_type": 1,
-        "decision": 1,
-        "amount_micros": 0,
-        "reserves": False,
-        "expires_at": None,
-        "settled_by": None,
-        "superseded": False,
-        "findings_count": 0,
-        "request": {},
-        "response": {},
-        "plan_hash": "0" * 64,
-    }
     try:
         assert await migrate.upgrade(database, "0006") == "0006"
         async with database.write() as conn:
+            await store_plans(conn, "checked", "both", "new")
             await conn.execute(
-                sa.insert(orgs), {"org_id": "org", "name": "org", "created_at": start}
-            )
-            await conn.execute(
-                sa.insert(principals),
-                {
-                    "principal_id": "agent",
-                    "org_id": "org",
-                    "name": "a",
-                    "role": 1,
-                    "created_at": start,
-                },
-            )
-            await conn.execute(
-                sa.insert(plans).values(**plan),
-                [{"plan_id": p} for p in ("checked", "both", "new")],
-            )
-            await conn.execute(
-                sa.insert(checks).values(**check),
+                sa.insert(checks).values(**CHECK),
                 [
                     {"check_id": "chk_1", "plan_id": "checked", "created_at": at[2]},
                     {"check_id": "chk_2", "plan_id": "checked", "created_at": at[1]},
@@ -172,3 +173,43 @@ async def test_plans_trail_clocks_start_at_their_latest_entries(database_url: st
     finally:
         await database.dispose()
     assert clocks == {"checked": epoch_micros(at[2]), "both": epoch_micros(at[3]), "new": 0}
+
+
+async def test_check_tallies_start_from_the_checks_already_stored(database_url: str) -> None:
+    database = Database(database_url)
+    stored = [
+        {**CHECK, "check_id": "chk_1"},
+        {**CHECK, "check_id": "chk_2", "findings_count": 2},
+        {**CHECK, "check_id": "chk_3", "decision": 2, "findings_count": 1},
+        {**CHECK, "check_id": "chk_4", "governance_context": "gc_b"},
+        {**CHECK, "check_id": "chk_5", "purchase_type": 2},
+        {**CHECK, "check_id": "chk_6", "plan_id": "q"},
+    ]
+    try:
+        assert await migrate.upgrade(database, "0007") == "0007"
+        async with database.write() as conn:
+            await store_plans(conn, "p", "q")
+            await conn.execute(sa.insert(checks).values(plan_id="p", created_at=utcnow()), stored)
+        assert await migrate.upgrade(database) == migrate.head_revision()
+        async with database.read() as conn:
+            tallies = set(
+                await conn.execute(
+                    sa.select(
+                        check_tallies.c.plan_id,
+                        check_tallies.c.governance_context,
+                        check_tallies.c.purchase_type,
+                        check_tallies.c.decision,
+                        check_tallies.c.checks,
+                        check_tallies.c.findings,
+                    )
+                )
+            )
+    finally:
+        await database.dispose()
+    assert tallies == {
+        ("p", "gc_a", 1, 1, 2, 2),
+        ("p", "gc_a", 1, 2, 1, 1),
+        ("p", "gc_b", 1, 1, 1, 0),
+        ("p", "gc_a", 2, 1, 1, 0),
+        ("q", "gc_a", 1, 1, 1, 0),
+    }

@@ -76,19 +76,21 @@ async def stored_next_seq(database_url: str, stream_id: str) -> int:
     return int(next_seq)
 
 
-async def assert_tallies_count_the_outcomes(database_url: str) -> None:
-    """The outcome tallies that audit summaries read hold exactly what the stored outcomes
+async def assert_tallies_count_the_trail(database_url: str) -> None:
+    """The tallies that audit summaries read hold exactly what the stored checks and outcomes
     add up to."""
     key = "org_id, plan_id, governance_context, purchase_type"
-    counted = await stored_rows(
-        database_url,
-        f"SELECT {key}, count(*), sum(findings_count) FROM plan_outcomes GROUP BY {key}",
-    )
-    tallied = await stored_rows(
-        database_url, f"SELECT {key}, outcomes, findings FROM plan_outcome_tallies"
-    )
-    assert counted, "no outcomes stored"
-    assert sorted(tallied) == sorted(counted)
+    for table, tallies, tally_key, counts in (
+        ("plan_outcomes", "plan_outcome_tallies", key, "outcomes, findings"),
+        ("governance_checks", "plan_check_tallies", f"{key}, decision", "checks, findings"),
+    ):
+        counted = await stored_rows(
+            database_url,
+            f"SELECT {tally_key}, count(*), sum(findings_count) FROM {table} GROUP BY {tally_key}",
+        )
+        tallied = await stored_rows(database_url, f"SELECT {tally_key}, {counts} FROM {tallies}")
+        assert counted, f"no {table} stored"
+        assert sorted(tallied) == sorted(counted), table
 
 
 class RawStream:

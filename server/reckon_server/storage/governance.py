@@ -8,11 +8,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reckon_server.clock import epoch_micros, from_epoch_micros
 from reckon_server.storage.schema import (
     campaigns,
+    check_tallies,
     checks,
     delivery_periods,
     idempotency,
@@ -322,6 +324,20 @@ async def insert_check(
             created_at=stored.created_at,
         )
     )
+    await conn.execute(
+        _adding(
+            check_tallies,
+            insert(conn, check_tallies).values(
+                org_id=org_id,
+                plan_id=stored.plan_id,
+                governance_context=stored.governance_context,
+                purchase_type=stored.purchase_type,
+                decision=stored.decision,
+                checks=1,
+                findings=stored.findings_count,
+            ),
+        )
+    )
 
 
 async def supersede_checks(
@@ -398,20 +414,26 @@ _FINDINGS_AT = _OUTCOME_COLUMNS.index("findings_count")
 _TALLY_COLUMNS = tuple(outcome_tallies.columns.keys())
 
 
-def _add_to_tallies(dialect_name: str) -> sa.ClauseElement:
-    statement = dialect_insert(dialect_name, outcome_tallies).values(
-        {c: sa.bindparam(c) for c in _TALLY_COLUMNS}
-    )
+def _adding(
+    tallies: sa.Table, statement: postgresql.Insert | sqlite.Insert
+) -> postgresql.Insert | sqlite.Insert:
+    """`statement`, an INSERT of tallies, adding its counts to those already under each key."""
+    key = [c.name for c in tallies.primary_key]
     return statement.on_conflict_do_update(
-        index_elements=list(_TALLY_KEY),
-        set_={
-            "outcomes": outcome_tallies.c.outcomes + statement.excluded.outcomes,
-            "findings": outcome_tallies.c.findings + statement.excluded.findings,
-        },
+        index_elements=key,
+        set_={c.name: c + statement.excluded[c.name] for c in tallies.c if c.name not in key},
     )
 
 
-_ADD_TO_TALLIES = BulkStatement(_add_to_tallies, _TALLY_COLUMNS)
+_ADD_TO_TALLIES = BulkStatement(
+    lambda dialect_name: _adding(
+        outcome_tallies,
+        dialect_insert(dialect_name, outcome_tallies).values(
+            {c: sa.bindparam(c) for c in _TALLY_COLUMNS}
+        ),
+    ),
+    _TALLY_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -451,13 +473,16 @@ class AuditCounts:
 async def audit_counts(
     conn: AsyncConnection, org_id: str, plan_id: str, scope: AuditScope
 ) -> AuditCounts:
-    findings = sa.func.coalesce(sa.func.sum(checks.c.findings_count), 0)
     by_decision: dict[int, int] = {}
     check_findings = 0
     for decision, count, found in await conn.execute(
-        sa.select(checks.c.decision, sa.func.count(), findings)
-        .where(*scope.where(checks, org_id, plan_id))
-        .group_by(checks.c.decision)
+        sa.select(
+            check_tallies.c.decision,
+            sa.func.sum(check_tallies.c.checks),
+            sa.func.sum(check_tallies.c.findings),
+        )
+        .where(*scope.where(check_tallies, org_id, plan_id))
+        .group_by(check_tallies.c.decision)
     ):
         by_decision[int(decision)] = int(count)
         check_findings += int(found)
@@ -611,9 +636,9 @@ async def spend_by_campaign(conn: AsyncConnection, org_id: str, plan_id: str) ->
 
 async def check_counts(conn: AsyncConnection, org_id: str, plan_id: str) -> dict[str, int]:
     rows = await conn.execute(
-        sa.select(checks.c.governance_context, sa.func.count())
-        .where(checks.c.org_id == org_id, checks.c.plan_id == plan_id)
-        .group_by(checks.c.governance_context)
+        sa.select(check_tallies.c.governance_context, sa.func.sum(check_tallies.c.checks))
+        .where(check_tallies.c.org_id == org_id, check_tallies.c.plan_id == plan_id)
+        .group_by(check_tallies.c.governance_context)
     )
     return {context: int(count) for context, count in rows}
 

@@ -254,6 +254,22 @@ class OutcomeTallyRow(Base):
     findings: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class CheckTallyRow(Base):
+    """How many checks a plan has of one governed action, purchase type and decision, and
+    their findings: kept in the transaction of every check (whose decision and findings never
+    change), so that an audit summary never counts a plan's checks one by one."""
+
+    __tablename__ = "plan_check_tallies"
+
+    org_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    governance_context: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    purchase_type: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    decision: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    checks: Mapped[int] = mapped_column(sa.BigInteger)
+    findings: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class DeliveryPeriodRow(Base):
     """Absolute delivery totals of one campaign for one reporting period: re-sending a
     period replaces it, so spend is never counted twice."""
@@ -314,5 +330,6 @@ checks = cast(sa.Table, CheckRow.__table__)
 plan_outcomes = cast(sa.Table, PlanOutcomeRow.__table__)
 delivery_periods = cast(sa.Table, DeliveryPeriodRow.__table__)
 outcome_tallies = cast(sa.Table, OutcomeTallyRow.__table__)
+check_tallies = cast(sa.Table, CheckTallyRow.__table__)
 idempotency = cast(sa.Table, IdempotencyRow.__table__)
 delivery_streams = cast(sa.Table, DeliveryStreamRow.__table__)
