@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,11 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reckon_server.domain.actions import Action, Package
-from reckon_server.domain.findings import Severity
+from reckon_server.domain.documents import canonical_json
+from reckon_server.domain.findings import Finding, Severity
 from reckon_server.domain.governance import Decision, Headroom, PlanTerms, evaluate
 from reckon_server.domain.money import format_money, micros_to_units, units_to_micros
-from reckon_server.domain.pacing import cpm_finding, pacing, pacing_finding
+from reckon_server.domain.pacing import cpm_finding, overspend_finding, pacing, pacing_finding
 from reckon_server.domain.reconciliation import describe, discrepancies, over_commitment
+from reckon_server.storage.delivery import _findings_json as findings_json
 
 M = 1_000_000
 
@@ -191,6 +194,59 @@ def test_overpace_sign_matches_exhaustion_before_the_end(
         assert figures.projected_exhaustion <= FLIGHT[1] + timedelta(days=6)
     if figures.overpace_pct < -1:
         assert figures.projected_exhaustion >= FLIGHT[1] - timedelta(days=1)
+
+
+@given(
+    flight_start=st.datetimes(
+        min_value=datetime(1, 1, 1), max_value=datetime(9990, 1, 1), timezones=st.just(UTC)
+    ),
+    days_in=st.integers(1, 90),
+    pace_pct=st.integers(130, 1000),
+)
+def test_the_exhaustion_date_is_the_projected_time_in_utc_to_the_second(
+    flight_start: datetime, days_in: int, pace_pct: int
+) -> None:
+    """Over a 13-week flight, spending `pace_pct` % of the planned rate so far."""
+    end = flight_start + timedelta(days=days_in)
+    figures = pacing(
+        committed_micros=150_000 * M,
+        flight_start=flight_start,
+        flight_end=flight_start + timedelta(days=91),
+        period_start=end - timedelta(days=1),
+        period_end=end,
+        period_spend_micros=M,
+        cumulative_spend_micros=150_000 * M * days_in * pace_pct // (91 * 100),
+    )
+    assert figures is not None
+    assert figures.projected_exhaustion is not None
+    finding = pacing_finding(figures)
+    assert finding is not None
+    expected = figures.projected_exhaustion.replace(tzinfo=None).isoformat(timespec="seconds")
+    assert finding.details["projected_exhaustion"] == expected + "Z"
+
+
+def test_a_streamed_reports_findings_document_is_canonical_json() -> None:
+    paced = pacing(
+        committed_micros=150_000 * M,
+        flight_start=FLIGHT[0],
+        flight_end=FLIGHT[1],
+        period_start=day("2026-03-15"),
+        period_end=day("2026-03-22"),
+        period_spend_micros=30_000 * M,
+        cumulative_spend_micros=30_000 * M,
+    )
+    assert paced is not None
+    findings = [
+        pacing_finding(paced),
+        overspend_finding(151_000 * M, 150_000 * M, "EUR"),
+        cpm_finding(18_750 * M, 1_250_001, 17 * M),
+    ]
+    kept = [f for f in findings if f is not None]
+    assert len(kept) == 3
+    assert findings_json(kept) == canonical_json({"findings": [f.document() for f in kept]})
+    # Beyond what the rules write, the same document, whatever its floats are spelled like.
+    odd = Finding("ünïcode", Severity.INFO, "“quoted” \\ \n\u2028", {"n": 10**18, "f": 1e-7})
+    assert json.loads(findings_json([odd])) == {"findings": [odd.document()]}
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from reckon_server.clock import LATEST_MICROS, epoch_micros, from_epoch_micros
@@ -73,8 +74,14 @@ class Pacing:
     planned_weekly_units: int
     actual_weekly_units: int
     overpace_pct: int
-    projected_exhaustion: datetime | None
+    projected_exhaustion_us: int | None
+    """When the budget runs out at this rate, in microseconds since the epoch."""
     weeks_early: int | None
+
+    @property
+    def projected_exhaustion(self) -> datetime | None:
+        us = self.projected_exhaustion_us
+        return None if us is None else from_epoch_micros(us)
 
 
 _WEEK_US = _WEEK * _DAY * 1_000_000
@@ -138,7 +145,8 @@ def _pacing(
     overpace_pct = _trunc_div(
         100 * (cumulative_spend_micros * weeks * _WEEK_US - expected_scaled), expected_scaled
     )
-    exhaustion = weeks_early = None
+    exhaustion: int | None = None
+    weeks_early: int | None = None
     exhaust_after_us = (
         committed_micros * elapsed_us // cumulative_spend_micros if cumulative_spend_micros else 0
     )
@@ -146,13 +154,13 @@ def _pacing(
     # Spend so slow that the budget lasts past any horizon, or past the last day a date can
     # name, has no exhaustion date.
     if 0 < exhaust_after_us <= _HORIZON_US and exhaustion_us <= LATEST_MICROS:
-        exhaustion = from_epoch_micros(exhaustion_us)
+        exhaustion = exhaustion_us
         weeks_early = _half_up(flight_end_us - exhaustion_us, _WEEK_US)
     return Pacing(
         planned_weekly_units=_half_up(committed_micros, weeks * _MICROS),
         actual_weekly_units=_half_up(period_spend_micros * _WEEK_US, period_us * _MICROS),
         overpace_pct=overpace_pct,
-        projected_exhaustion=exhaustion,
+        projected_exhaustion_us=exhaustion,
         weeks_early=weeks_early,
     )
 
@@ -167,8 +175,8 @@ def pacing_finding(figures: Pacing, threshold_pct: int = DEFAULT_THRESHOLD_PCT) 
     }
     if figures.overpace_pct > 0:
         explanation = f"Spend is pacing {figures.overpace_pct}% above plan."
-        if figures.projected_exhaustion is not None:
-            details["projected_exhaustion"] = _iso_day(figures.projected_exhaustion)
+        if figures.projected_exhaustion_us is not None:
+            details["projected_exhaustion"] = _iso_second(figures.projected_exhaustion_us)
         if figures.weeks_early and figures.weeks_early > 0:
             unit = "week" if figures.weeks_early == 1 else "weeks"
             explanation += (
@@ -219,9 +227,20 @@ def cpm_finding(spend_micros: int, impressions: int, cpm_micros: int | None) -> 
     )
 
 
-def _iso_day(moment: datetime) -> str:
-    """A UTC time to the second, as in "2026-05-10T00:00:00Z"."""
-    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+def _iso_second(epoch_us: int) -> str:
+    """A time in microseconds since the epoch, in UTC to the second, as in
+    "2026-05-10T00:00:00Z": formatted from integers, without a datetime, at less than half the
+    cost, as every off-pace report of a stream has one."""
+    day, second = divmod(epoch_us // 1_000_000, 86_400)
+    return f"{_iso_date(day)}T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_date(days_since_epoch: int) -> str:
+    return (_EPOCH_DATE + timedelta(days=days_since_epoch)).isoformat()
+
+
+_EPOCH_DATE = date(1970, 1, 1)
 
 
 class DeliveryRules:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -538,4 +539,10 @@ _NO_FINDINGS = canonical_json({"findings": []})
 
 
 def _findings_json(findings: Sequence[Finding]) -> str:
-    return canonical_json({"findings": [f.document() for f in findings]})
+    """The findings document of one streamed report: orjson writes it in a tenth of the time
+    `canonical_json` takes, on a path that runs for every report with a finding. The text is
+    the same (sorted keys, no spaces) but for how an exponent is spelled (1e-7, not 1e-07);
+    the document is stored to be read back, never hashed."""
+    return orjson.dumps(
+        {"findings": [f.document() for f in findings]}, option=orjson.OPT_SORT_KEYS
+    ).decode()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
+import orjson
 from google.protobuf import duration_pb2
 from grpc import aio
 
@@ -385,7 +385,7 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
         if findings:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
             add_finding = accepted.findings.add
-            for finding in json.loads(findings)["findings"]:
+            for finding in orjson.loads(findings)["findings"]:
                 encode_stored_finding(finding, add_finding())
         else:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED
