@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from reckon.v1 import types_pb2
 from reckon_server.clock import utcnow
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
+from reckon_server.domain.pacing import pacing
 from reckon_server.errors import Reason, ReckonError
 from reckon_server.storage.database import Database
 from reckon_server.storage.delivery import (
@@ -322,6 +324,33 @@ async def test_pacing_near_the_last_representable_day_leaves_out_the_exhaustion_
     [finding] = result.accepted.findings
     assert finding.explanation == "Spend is pacing 65% below plan."
     assert "projected_exhaustion" not in finding.details.fields
+    stream.close()
+
+
+async def test_pacing_past_64_bits_still_gets_its_finding(api: RunningServer) -> None:
+    """The largest spend over a period that ends a microsecond into the flight paces at a
+    percentage past any 64-bit integer: the report is accepted with its finding, exact."""
+    buyer = await committed_plan(api, "sliver", PLAN, {"mb_1": 150_000})
+    sliver = report(PLAN, "mb_1", 15, MAX_AMOUNT_MICROS)
+    sliver.delivery.reporting_period.start.FromJsonString("2026-03-14T00:00:00Z")
+    sliver.delivery.reporting_period.end.FromJsonString("2026-03-15T00:00:00.000001Z")
+    stream = RawStream(api, buyer.key, "sliver-1")
+    await stream.opened()
+    stream.send(1, [sliver])
+    [result] = (await stream.ack()).results
+    [finding] = [f for f in result.accepted.findings if "overpace_pct" in f.details.fields]
+    paced = pacing(
+        committed_micros=150_000 * M,
+        flight_start=ts("2026-03-15T00:00:00Z").ToDatetime(UTC),
+        flight_end=ts("2026-06-15T00:00:00Z").ToDatetime(UTC),
+        period_start=sliver.delivery.reporting_period.start.ToDatetime(UTC),
+        period_end=sliver.delivery.reporting_period.end.ToDatetime(UTC),
+        period_spend_micros=MAX_AMOUNT_MICROS,
+        cumulative_spend_micros=MAX_AMOUNT_MICROS,
+    )
+    assert paced is not None
+    assert paced.overpace_pct > 2**63
+    assert finding.details.fields["overpace_pct"].number_value == float(paced.overpace_pct)
     stream.close()
 
 

@@ -245,8 +245,9 @@ def test_a_streamed_reports_findings_document_is_canonical_json() -> None:
     assert len(kept) == 3
     assert findings_json(kept) == canonical_json({"findings": [f.document() for f in kept]})
     # Beyond what the rules write, the same document, whatever its floats are spelled like.
-    odd = Finding("ünïcode", Severity.INFO, "“quoted” \\ \n\u2028", {"n": 10**18, "f": 1e-7})
-    assert json.loads(findings_json([odd])) == {"findings": [odd.document()]}
+    for details in ({"n": 10**18, "f": 1e-7}, {"past_64_bits": [10**30, -(10**30)]}):
+        odd = Finding("ünïcode", Severity.INFO, "“quoted” \\ \n\u2028", details)
+        assert json.loads(findings_json([odd])) == {"findings": [odd.document()]}
 
 
 @pytest.mark.parametrize(

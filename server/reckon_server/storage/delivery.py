@@ -543,6 +543,10 @@ def _findings_json(findings: Sequence[Finding]) -> str:
     `canonical_json` takes, on a path that runs for every report with a finding. The text is
     the same (sorted keys, no spaces) but for how an exponent is spelled (1e-7, not 1e-07);
     the document is stored to be read back, never hashed."""
-    return orjson.dumps(
-        {"findings": [f.document() for f in findings]}, option=orjson.OPT_SORT_KEYS
-    ).decode()
+    document = {"findings": [f.document() for f in findings]}
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        # An integer past 64 bits (the pacing of a sliver of budget against a huge spend),
+        # which orjson refuses.
+        return canonical_json(document)
