@@ -74,6 +74,7 @@ async def test_go_client_suite_passes_against_the_server(live: Live) -> None:
     output = await _run(["go", "test", "-count=1", "-v", "./..."], ROOT / "clients" / "go", live)
     assert "--- SKIP" not in output, output
     assert re.search(r"--- PASS: TestLiveStreamDelivery", output), output
+    assert re.search(r"--- PASS: TestLiveWatchPlan", output), output
     await _assert_streamed_once(live)
 
 

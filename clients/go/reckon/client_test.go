@@ -158,3 +158,69 @@ func TestLiveStreamDeliveryAcksEachBatchWithAResultPerReport(t *testing.T) {
 		t.Fatalf("want the stream to end cleanly, got %v", err)
 	}
 }
+
+func TestLiveWatchPlanSendsASnapshotThenAStreamedReport(t *testing.T) {
+	target, _ := liveServer(t)
+	buyerKey, planID, mediaBuyID := os.Getenv("RECKON_TEST_BUYER_KEY"),
+		os.Getenv("RECKON_TEST_PLAN_ID"), os.Getenv("RECKON_TEST_MEDIA_BUY_ID")
+	client, err := New(target, buyerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watch, err := client.Delivery.WatchPlan(ctx, &reckonv1.WatchPlanRequest{PlanId: planID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot, err := watch.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snapshot.GetEvent().GetType() != reckonv1.PlanEventType_PLAN_EVENT_TYPE_SNAPSHOT ||
+		snapshot.GetEvent().GetState().GetCommittedMicros() <= 0 {
+		t.Fatalf("want a snapshot of a committed plan first, got %v", snapshot)
+	}
+
+	stream, err := client.Delivery.StreamDelivery(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, request := range []*reckonv1.StreamDeliveryRequest{
+		{Kind: &reckonv1.StreamDeliveryRequest_Open{Open: &reckonv1.StreamOpen{StreamId: "go-watched"}}},
+		{Kind: &reckonv1.StreamDeliveryRequest_Batch{Batch: &reckonv1.DeliveryBatch{
+			// The figures the StreamDelivery test reports for this day: the plan's spend stays.
+			Seq: 1, Reports: []*reckonv1.PlanDelivery{report(planID, mediaBuyID, 15, 1_000*micros)}}}},
+	} {
+		if err := stream.Send(request); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := stream.Recv(); err != nil { // opened
+		t.Fatal(err)
+	}
+	ack, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outcomeID := ack.GetAck().GetResults()[0].GetAccepted().GetOutcomeId()
+	if outcomeID == "" {
+		t.Fatalf("want the report accepted, got %v", ack)
+	}
+	for {
+		response, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("the watcher ended before the report's event: %v", err)
+		}
+		if event := response.GetEvent(); event.GetOutcomeId() == outcomeID {
+			if event.GetType() != reckonv1.PlanEventType_PLAN_EVENT_TYPE_DELIVERY {
+				t.Fatalf("want a DELIVERY event, got %v", event)
+			}
+			break
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+}
