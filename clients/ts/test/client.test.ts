@@ -10,6 +10,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 
 import {
   BatchDisposition,
+  PlanEventType,
   type PlanDeliverySchema,
 } from "../../../generated/ts/reckon/v1/delivery_service_pb.js";
 import { Code, createReckonClient, ErrorReason, fromMicros, ReckonError, toMicros } from "../src/index.js";
@@ -104,3 +105,45 @@ test("StreamDelivery acks each batch in order, with a result per report", async 
   assert.ok(gap.value.error, "a rejected batch carries its status");
   assert.equal(ReckonError.fromStatus(gap.value.error)?.reason, ErrorReason.SEQUENCE_GAP);
 });
+
+test(
+  "WatchPlan sends a snapshot, then the event of a report streamed meanwhile",
+  { timeout: 30_000 },
+  async () => {
+    assert.ok(buyerKey, "RECKON_TEST_BUYER_KEY is not set");
+    const client = createReckonClient({ baseUrl: `http://${target}`, apiKey: buyerKey });
+    const watching = new AbortController();
+    const events = client.delivery
+      .watchPlan({ planId }, { signal: watching.signal })
+      [Symbol.asyncIterator]();
+    const snapshot = await events.next();
+    assert.equal(snapshot.done, false);
+    assert.equal(snapshot.value.event?.type, PlanEventType.SNAPSHOT);
+    assert.ok((snapshot.value.event?.state?.committedMicros ?? 0n) > 0n);
+
+    async function* requests() {
+      yield { kind: { case: "open" as const, value: { streamId: "ts-watched" } } };
+      // The figures the StreamDelivery test reports for this day: the plan's spend stays.
+      const batch = { seq: 1n, reports: [report(15, 1_000n * M)] };
+      yield { kind: { case: "batch" as const, value: batch } };
+    }
+    let outcomeId = "";
+    for await (const response of client.delivery.streamDelivery(requests())) {
+      if (response.kind.case === "ack") {
+        const [result] = response.kind.value.results;
+        assert.equal(result?.result.case, "accepted");
+        outcomeId = result.result.value.outcomeId;
+      }
+    }
+    assert.match(outcomeId, /^out_/);
+    for (;;) {
+      const next = await events.next();
+      assert.equal(next.done, false, "the watcher ended before the report's event");
+      if (next.value.event?.outcomeId === outcomeId) {
+        assert.equal(next.value.event.type, PlanEventType.DELIVERY);
+        break;
+      }
+    }
+    watching.abort();
+  },
+);
