@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reckon_server.clock import from_epoch_micros, utcnow
+from reckon_server.clock import utcnow
 from reckon_server.domain.pacing import DeliveryRules
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid, unavailable
@@ -20,7 +20,7 @@ from reckon_server.services.governance import GovernanceLedger, plan_topic
 from reckon_server.services.notify import Notifier, Subscription
 from reckon_server.storage import delivery as store
 from reckon_server.storage.database import Database
-from reckon_server.storage.governance import AuditScope, StoredCheck, trail_after
+from reckon_server.storage.governance import AuditScope, StoredCheck, trail_after, trail_end
 from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.storage.schema import plans
 
@@ -158,17 +158,9 @@ class DeliveryLedger:
         )
 
     async def trail_end(self, principal: Principal, plan_id: str) -> tuple[datetime, str]:
-        """A trail position after every check and outcome of the plan committed so far
-        (later ones are timed after the plan's `trail_at`, whatever this replica's clock)."""
+        """A trail position after every check and outcome of the plan committed so far."""
         async with self._db.read() as conn:
-            trail_at = (
-                await conn.execute(
-                    sa.select(plans.c.trail_at).where(
-                        plans.c.org_id == principal.org_id, plans.c.plan_id == plan_id
-                    )
-                )
-            ).scalar_one_or_none()
-        return from_epoch_micros((trail_at or 0) + 1), ""
+            return await trail_end(conn, principal.org_id, plan_id), ""
 
     async def changes_since(
         self, principal: Principal, plan_id: str, after: tuple[datetime, str], limit: int

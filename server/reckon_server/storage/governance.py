@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reckon_server.clock import epoch_micros, from_epoch_micros
@@ -157,6 +156,15 @@ Watchers and audit pages read a trail after the (time, id) of its last entry the
 taken before the plan's lock, or by replicas whose clocks differ, can commit out of order, and
 an entry that becomes visible behind that position is never seen. Times taken under the lock
 and never before the last ones follow the order in which the plan's transactions commit."""
+
+
+async def trail_end(conn: AsyncConnection, org_id: str, plan_id: str) -> datetime:
+    """A time after every check and outcome of the plan committed so far: later ones are
+    timed after the plan's `trail_at` (see `NEXT_TRAIL_AT`), whatever a replica's clock."""
+    trail_at = await conn.scalar(
+        sa.select(plans.c.trail_at).where(plans.c.org_id == org_id, plans.c.plan_id == plan_id)
+    )
+    return from_epoch_micros((trail_at or 0) + 1)
 
 
 async def trail_time(conn: AsyncConnection, org_id: str, plan_id: str, now: datetime) -> datetime:
@@ -324,20 +332,16 @@ async def insert_check(
             created_at=stored.created_at,
         )
     )
-    await conn.execute(
-        _adding(
-            check_tallies,
-            insert(conn, check_tallies).values(
-                org_id=org_id,
-                plan_id=stored.plan_id,
-                governance_context=stored.governance_context,
-                purchase_type=stored.purchase_type,
-                decision=stored.decision,
-                checks=1,
-                findings=stored.findings_count,
-            ),
-        )
+    tally = (
+        org_id,
+        stored.plan_id,
+        stored.governance_context,
+        stored.purchase_type,
+        stored.decision,
+        1,
+        stored.findings_count,
     )
+    await conn.run_sync(_ADD_TO_CHECK_TALLIES.write, [tally])
 
 
 async def supersede_checks(
@@ -411,29 +415,28 @@ _OUTCOME_COLUMNS = tuple(plan_outcomes.columns.keys())
 _TALLY_KEY = ("org_id", "plan_id", "governance_context", "purchase_type")
 _TALLY_KEY_AT = tuple(_OUTCOME_COLUMNS.index(c) for c in _TALLY_KEY)
 _FINDINGS_AT = _OUTCOME_COLUMNS.index("findings_count")
-_TALLY_COLUMNS = tuple(outcome_tallies.columns.keys())
 
 
-def _adding(
-    tallies: sa.Table, statement: postgresql.Insert | sqlite.Insert
-) -> postgresql.Insert | sqlite.Insert:
-    """`statement`, an INSERT of tallies, adding its counts to those already under each key."""
+def _adding_to(tallies: sa.Table) -> BulkStatement:
+    """An upsert of whole rows of `tallies` that adds their counts to those already stored
+    under the same key (the primary key)."""
+    columns = tuple(tallies.columns.keys())
     key = [c.name for c in tallies.primary_key]
-    return statement.on_conflict_do_update(
-        index_elements=key,
-        set_={c.name: c + statement.excluded[c.name] for c in tallies.c if c.name not in key},
-    )
+
+    def build(dialect_name: str) -> sa.ClauseElement:
+        statement = dialect_insert(dialect_name, tallies).values(
+            {c: sa.bindparam(c) for c in columns}
+        )
+        return statement.on_conflict_do_update(
+            index_elements=key,
+            set_={c.name: c + statement.excluded[c.name] for c in tallies.c if c.name not in key},
+        )
+
+    return BulkStatement(build, columns)
 
 
-_ADD_TO_TALLIES = BulkStatement(
-    lambda dialect_name: _adding(
-        outcome_tallies,
-        dialect_insert(dialect_name, outcome_tallies).values(
-            {c: sa.bindparam(c) for c in _TALLY_COLUMNS}
-        ),
-    ),
-    _TALLY_COLUMNS,
-)
+_ADD_TO_TALLIES = _adding_to(outcome_tallies)
+_ADD_TO_CHECK_TALLIES = _adding_to(check_tallies)
 
 
 @dataclass(frozen=True)
