@@ -89,10 +89,10 @@ func report(planID, mediaBuyID string, day int, spendMicros int64) *reckonv1.Pla
 	}
 }
 
-func TestLiveStreamDeliveryAcksEachBatchWithAResultPerReport(t *testing.T) {
+// liveBuyer returns a client of the live server's buyer, and the plan and media buy it committed.
+func liveBuyer(t *testing.T) (*Client, string, string) {
 	target, _ := liveServer(t)
-	buyerKey, planID, mediaBuyID := os.Getenv("RECKON_TEST_BUYER_KEY"),
-		os.Getenv("RECKON_TEST_PLAN_ID"), os.Getenv("RECKON_TEST_MEDIA_BUY_ID")
+	buyerKey := os.Getenv("RECKON_TEST_BUYER_KEY")
 	if buyerKey == "" {
 		t.Fatal("RECKON_TEST_BUYER_KEY is not set")
 	}
@@ -100,7 +100,12 @@ func TestLiveStreamDeliveryAcksEachBatchWithAResultPerReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
+	return client, os.Getenv("RECKON_TEST_PLAN_ID"), os.Getenv("RECKON_TEST_MEDIA_BUY_ID")
+}
+
+func TestLiveStreamDeliveryAcksEachBatchWithAResultPerReport(t *testing.T) {
+	client, planID, mediaBuyID := liveBuyer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := client.Delivery.StreamDelivery(ctx)
@@ -160,14 +165,7 @@ func TestLiveStreamDeliveryAcksEachBatchWithAResultPerReport(t *testing.T) {
 }
 
 func TestLiveWatchPlanSendsASnapshotThenAStreamedReport(t *testing.T) {
-	target, _ := liveServer(t)
-	buyerKey, planID, mediaBuyID := os.Getenv("RECKON_TEST_BUYER_KEY"),
-		os.Getenv("RECKON_TEST_PLAN_ID"), os.Getenv("RECKON_TEST_MEDIA_BUY_ID")
-	client, err := New(target, buyerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client, planID, mediaBuyID := liveBuyer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	watch, err := client.Delivery.WatchPlan(ctx, &reckonv1.WatchPlanRequest{PlanId: planID})
