@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -786,6 +786,33 @@ async def test_streams_past_the_servers_limit_are_refused_overloaded(database_ur
             stream.close()
     finally:
         await api.close()
+
+
+async def test_an_idle_stream_ends_ok_after_its_acks_and_frees_its_place(
+    database_url: str,
+) -> None:
+    api = await RunningServer.start(database_url, stream_idle_seconds=0.5, stream_max_open=1)
+    try:
+        buyer = await committed_plan(api, "idle", PLAN, {"mb_1": 150_000})
+        # Silent from the start: not even an open message.
+        silent = api.stubs.delivery.StreamDelivery(_never_sending(), metadata=bearer(buyer.key))
+        assert await asyncio.wait_for(silent.code(), 10) == grpc.StatusCode.OK
+        idle = RawStream(api, buyer.key, "idle-1")
+        await idle.opened()
+        idle.send(1, [report(PLAN, "mb_1", 15, M)])
+        assert (await idle.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        assert await asyncio.wait_for(idle.call.code(), 10) == grpc.StatusCode.OK
+        resumed = RawStream(api, buyer.key, "idle-1")
+        assert (await resumed.opened()).next_seq == 2
+        resumed.close()
+        await resumed.call.code()
+    finally:
+        await api.close()
+
+
+async def _never_sending() -> AsyncIterator[pb.StreamDeliveryRequest]:
+    await asyncio.Event().wait()
+    yield pb.StreamDeliveryRequest()
 
 
 async def test_streams_that_go_away_leave_nothing_behind_on_the_server(
