@@ -5,6 +5,7 @@ nothing counted twice. Also: drain on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ import pytest
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2
+from reckon.v1 import delivery_service_pb2 as dpb
 from reckon_client import DeliveryStreamer, Reckon
 from tests.support.api import RunningServer, Stubs, bearer, decode, new_secret
 from tests.support.delivery import (
@@ -23,8 +25,10 @@ from tests.support.delivery import (
     report,
     stored_next_seq,
     stored_rows,
+    stream_commits_held,
+    until,
 )
-from tests.support.governance import Buyer, plan
+from tests.support.governance import Buyer, M, plan
 from tests.support.processes import start_reckon
 from tests.support.producer import minute_report
 
@@ -141,6 +145,66 @@ async def test_a_server_killed_mid_stream_loses_nothing_acknowledged(tmp_path: o
     assert sorted(set(acked)) == list(range(1, REPORTS // BATCH + 1))
     assert await _totals(url) == EXPECTED
     await assert_tallies_count_the_trail(url)
+
+
+async def test_a_storage_failure_fails_the_batches_it_held_and_the_stream_resumes_after_them(
+    database_url: str,
+) -> None:
+    api = await RunningServer.start(database_url)
+    try:
+        buyer = await committed_plan(api, "outage", PLAN, {MEDIA_BUY: 150_000})
+        stream = RawStream(api, buyer.key, "outage")
+        await stream.opened()
+        stream.send(1, [report(PLAN, MEDIA_BUY, 15, M)])
+        assert (await stream.ack()).disposition == dpb.BATCH_DISPOSITION_COMMITTED
+        later = {2: [report(PLAN, MEDIA_BUY, 16, M)], 3: [report(PLAN, MEDIA_BUY, 15, 3 * M)]}
+        async with stream_commits_held(database_url):
+            for seq, reports in later.items():
+                stream.send(seq, reports)
+            await until(lambda: api.server.committer.in_flight > 0)
+            await _lose_storage_under(database_url)
+            with pytest.raises(aio.AioRpcError) as raised:
+                await stream.ack()
+        error = decode(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        assert "google.rpc.RetryInfo" in error.details
+        assert await _totals(database_url) == (1, M)
+        assert await stored_next_seq(database_url, "outage") == 2
+
+        resumed = RawStream(api, buyer.key, "outage")
+        assert (await resumed.opened()).next_seq == 2
+        for seq, reports in later.items():
+            resumed.send(seq, reports)
+            assert (await resumed.ack()).disposition == dpb.BATCH_DISPOSITION_COMMITTED
+        resumed.close()
+        assert await _totals(database_url) == (2, 4 * M)
+        assert (await buyer.state(PLAN)).spend_micros == 4 * M
+        await assert_tallies_count_the_trail(database_url)
+    finally:
+        await api.close()
+
+
+async def _lose_storage_under(database_url: str) -> None:
+    """Storage goes away under the transactions waiting for their lock: SQLite's writer
+    process is killed, PostgreSQL's connections holding them are terminated."""
+    if database_url.startswith("sqlite"):
+        [writer] = [
+            p for p in multiprocessing.active_children() if p.name == "reckon-sqlite-writer"
+        ]
+        assert writer.pid is not None
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join(10)
+        return
+    terminate_waiting = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(1000):
+        [(terminated,)] = await stored_rows(database_url, terminate_waiting)
+        if terminated:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no transaction waited for the lock")
 
 
 async def _acks_until_the_stream_ends(stream: RawStream) -> None:
