@@ -38,6 +38,7 @@ from reckon_server.transport.servicers.delivery import _report
 from tests.support.api import RunningServer, assert_caller_stalled, bearer, decode
 from tests.support.delivery import (
     RawStream,
+    assert_tallies_count_the_trail,
     committed_plan,
     report,
     settled_task_count,
@@ -449,6 +450,72 @@ async def test_a_newer_connection_fences_the_older_one(api: RunningServer) -> No
     new.send(2, [report(PLAN, "mb_1", 16, M)])
     assert (await new.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
     new.close()
+
+
+async def test_connections_racing_for_one_stream_apply_each_batch_once(
+    api: RunningServer,
+) -> None:
+    """A producer retrying on many connections at once: each takes the stream from the one
+    before, and whichever batches they send, each is applied exactly once."""
+    buyer = await committed_plan(api, "racer", PLAN, {"mb_1": 150_000})
+    # Opens alone, whichever order they come back in: all but the newest are fenced at once.
+    opening = [RawStream(api, buyer.key, "raced") for _ in range(8)]
+    await asyncio.gather(*(stream.opened() for stream in opening))
+    ends = [asyncio.ensure_future(stream.call.code()) for stream in opening]
+    still_open = set(ends)
+    while len(still_open) > 1:
+        ended, still_open = await asyncio.wait(
+            still_open, timeout=10, return_when="FIRST_COMPLETED"
+        )
+        assert ended, f"{len(still_open)} connections open, all but one fenced"
+    assert [end.result() for end in ends if end not in still_open] == [
+        grpc.StatusCode.FAILED_PRECONDITION
+    ] * 7
+    for stream in opening:
+        stream.close()
+    await asyncio.gather(*still_open)
+
+    batches = {seq: [report(PLAN, "mb_1", 14 + seq, seq * M)] for seq in range(1, 6)}
+
+    async def race() -> tuple[list[int], str]:
+        """The seqs this connection committed, and why it ended early ("" if it did not)."""
+        stream = RawStream(api, buyer.key, "raced")
+        committed = []
+        try:
+            first = (await stream.opened()).next_seq
+            for seq in range(first, 6):
+                stream.send(seq, batches[seq])
+            for _ in range(first, 6):
+                ack = await stream.ack()
+                if ack.disposition == pb.BATCH_DISPOSITION_COMMITTED:
+                    committed.append(ack.seq)
+        except aio.AioRpcError as ended:
+            if ended.details() == _CLIENT_WRITE_LOST_STATUS:
+                return committed, _CLIENT_WRITE_LOST_STATUS
+            return committed, decode(ended).reason
+        finally:
+            stream.close()
+        return committed, ""
+
+    races = await asyncio.gather(*(race() for _ in range(8)))
+    assert {reason for _, reason in races} <= {"", "STREAM_FENCED", _CLIENT_WRITE_LOST_STATUS}
+    raced = [seq for committed, _ in races for seq in committed]
+    assert len(raced) == len(set(raced))
+    last, ended = await race()
+    assert (sorted(raced + last), ended) == (list(batches), "")
+    [(outcomes, spend)] = await stored_rows(
+        api.database_url, "SELECT count(*), sum(spend_micros) FROM delivery_periods"
+    )
+    assert (outcomes, spend) == (5, 15 * M)
+    assert (await buyer.state(PLAN)).spend_micros == 15 * M
+    assert await stored_next_seq(api.database_url, "raced") == 6
+    await assert_tallies_count_the_trail(api.database_url)
+
+
+_CLIENT_WRITE_LOST_STATUS = "Internal error from Core"
+"""What grpc-python's asyncio client reports in place of the server's status when one of its
+writes races that status (grpc/grpc#36066): the server fenced such a connection all the same.
+"""
 
 
 async def test_stream_ids_belong_to_their_producer(api: RunningServer) -> None:

@@ -201,7 +201,8 @@ class Reckon:
 
         state: int = types_pb2.APPROVAL_STATE_PENDING
         with contextlib.suppress(TimeoutError):
-            state = await asyncio.wait_for(_call(watch), wait_seconds)
+            async with asyncio.timeout(wait_seconds):
+                state = await _call(watch)
         return GateResult(
             executed.audit_event_id,
             state == types_pb2.APPROVAL_STATE_APPROVED,

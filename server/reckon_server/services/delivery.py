@@ -121,10 +121,14 @@ class DeliveryLedger:
         generation, next_seq = opened
         key = (principal.org_id, stream_id)
         previous = self._owners.get(key)
-        if previous is not None and previous[0] < generation:
-            previous[1].set()
         fenced = asyncio.Event()
-        self._owners[key] = (generation, fenced)
+        if previous is not None and previous[0] > generation:
+            # Concurrent opens come back in any order: a newer one got here first.
+            fenced.set()
+        else:
+            if previous is not None:
+                previous[1].set()
+            self._owners[key] = (generation, fenced)
         return generation, next_seq, fenced
 
     def release(self, principal: Principal, stream_id: str, generation: int) -> None:

@@ -20,7 +20,8 @@ class Subscription:
         already has), or after `within` seconds. Subscribers re-read state after every
         return; `within` bounds how stale they can be."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), within)
+            async with asyncio.timeout(within):
+                await self._changed.wait()
         self._changed.clear()
 
     def wake(self) -> None:

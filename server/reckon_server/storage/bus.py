@@ -75,7 +75,8 @@ class ChangeBus:
         self._closed = True
         # A connection still out when storage is released would stay open, lost to its pool.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._quiet.wait(), _CLOSE_SECONDS)
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await self._quiet.wait()
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

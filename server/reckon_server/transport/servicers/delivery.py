@@ -63,7 +63,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         principal = current_principal()
         limits = self._ledger.limits
         try:
-            first = await asyncio.wait_for(anext(request_iterator), limits.idle_seconds)
+            async with asyncio.timeout(limits.idle_seconds):
+                first = await anext(request_iterator)
         except (StopAsyncIteration, TimeoutError):
             return
         if not first.HasField("open") or not _STREAM_ID.match(first.open.stream_id):
@@ -139,8 +140,11 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         limits = self._ledger.limits
         try:
             while True:
+                # Not wait_for: on Python 3.11 it swallows a cancel that lands as the message
+                # arrives, and the stream that cancelled its reader would wait on it for good.
                 try:
-                    message = await asyncio.wait_for(anext(requests), limits.idle_seconds)
+                    async with asyncio.timeout(limits.idle_seconds):
+                        message = await anext(requests)
                 except (StopAsyncIteration, TimeoutError):
                     break
                 batch = message.batch
