@@ -8,8 +8,10 @@ import time
 import pytest
 from grpc import aio
 
-from reckon.v1 import admin_service_pb2, audit_service_pb2
+from reckon.v1 import admin_service_pb2, audit_service_pb2, delivery_service_pb2
 from tests.support.api import RunningServer, bearer, decode
+from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.governance import M
 from tests.support.postgres import PostgresServer
 
 
@@ -46,3 +48,25 @@ async def test_revoking_on_one_replica_takes_effect_on_the_other(
             refusal = err
     assert refusal is not None, "revocation did not reach the other replica"
     assert decode(refusal).reason == "UNAUTHENTICATED"
+
+
+async def test_a_stream_taken_over_on_another_replica_is_fenced_at_once(
+    replicas: list[RunningServer],
+) -> None:
+    a, b = replicas
+    buyer = await committed_plan(a, "roaming", "roamed", {"mb_1": 150_000})
+    old = RawStream(a, buyer.key, "roaming")
+    await old.opened()
+    old.send(1, [report("roamed", "mb_1", 15, M)])
+    assert (await old.ack()).disposition == delivery_service_pb2.BATCH_DISPOSITION_COMMITTED
+    new = RawStream(b, buyer.key, "roaming")
+    assert (await new.opened()).next_seq == 2
+    # Sending nothing more, the older connection hears of it from the other replica.
+    with pytest.raises(aio.AioRpcError) as fenced:
+        await old.ack()
+    assert decode(fenced.value).reason == "STREAM_FENCED"
+    new.send(2, [report("roamed", "mb_1", 16, M)])
+    assert (await new.ack()).disposition == delivery_service_pb2.BATCH_DISPOSITION_COMMITTED
+    new.close()
+    await new.call.code()
+    assert (await buyer.state("roamed")).spend_micros == 2 * M

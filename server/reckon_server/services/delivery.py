@@ -72,6 +72,10 @@ class PlanChange:
     findings: list[dict[str, Any]]
 
 
+_STREAM_TOPIC = "stream:"
+"""Topics `stream:<org>:<stream id>`, published with the generation of each open."""
+
+
 class DeliveryLedger:
     def __init__(
         self,
@@ -99,11 +103,12 @@ class DeliveryLedger:
         bound."""
         self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
         self.draining = asyncio.Event()
+        notifier.subscribe(self._fence_if_taken_over)
 
     async def open(self, principal: Principal, stream_id: str) -> tuple[int, int, asyncio.Event]:
         """Take over a stream. Returns its generation, next_seq, and an event that is set when
-        a newer connection on this replica fences this one (other replicas are fenced by the
-        generation check at commit). Every open that returns is paired with a `release`."""
+        a newer connection, on any replica, fences this one. Every open that returns is paired
+        with a `release`."""
         self._streams.enter()
         try:
             async with self._db.write() as conn:
@@ -129,7 +134,20 @@ class DeliveryLedger:
             if previous is not None:
                 previous[1].set()
             self._owners[key] = (generation, fenced)
+        # Older connections on other replicas hear of it now, not at their next batch (whose
+        # commit checks the generation either way).
+        await self._notifier.publish(
+            f"{_STREAM_TOPIC}{principal.org_id}:{stream_id}", str(generation)
+        )
         return generation, next_seq, fenced
+
+    def _fence_if_taken_over(self, topic: str, payload: str) -> None:
+        if not topic.startswith(_STREAM_TOPIC):
+            return
+        org_id, _, stream_id = topic.removeprefix(_STREAM_TOPIC).partition(":")
+        owner = self._owners.get((org_id, stream_id))
+        if owner is not None and owner[0] < int(payload):
+            owner[1].set()
 
     def release(self, principal: Principal, stream_id: str, generation: int) -> None:
         self._streams.leave()
