@@ -519,15 +519,18 @@ writes races that status (grpc/grpc#36066): the server fenced such a connection 
 
 
 async def test_stream_ids_belong_to_their_producer(api: RunningServer) -> None:
-    first = await committed_plan(api, "first", PLAN, {})
+    first = await committed_plan(api, "first", PLAN, {"mb_1": 150_000})
     second = await committed_plan(api, "second", "other-plan", {})
     mine = RawStream(api, first.key, "taken")
     await mine.opened()
-    mine.close()
     theirs = RawStream(api, second.key, "taken")
     with pytest.raises(aio.AioRpcError) as raised:
         await theirs.opened()
     assert decode(raised.value).reason == "INVALID_REQUEST"
+    # Refused, the attempt took nothing from the stream's producer.
+    mine.send(1, [report(PLAN, "mb_1", 15, M)])
+    assert (await mine.ack()).results[0].HasField("accepted")
+    mine.close()
 
 
 async def test_the_first_message_must_open_the_stream(api: RunningServer) -> None:

@@ -205,6 +205,8 @@ async def open_stream(
         statement.on_conflict_do_update(
             index_elements=["org_id", "stream_id"],
             set_={"generation": delivery_streams.c.generation + 1, "updated_at": now},
+            # Another principal's attempt is refused below and must not fence the owner.
+            where=delivery_streams.c.principal_id == principal_id,
         )
     )
     row = (
