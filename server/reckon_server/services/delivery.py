@@ -136,9 +136,13 @@ class DeliveryLedger:
             self._owners[key] = (generation, fenced)
         # Older connections on other replicas hear of it now, not at their next batch (whose
         # commit checks the generation either way).
-        await self._notifier.publish(
-            f"{_STREAM_TOPIC}{principal.org_id}:{stream_id}", str(generation)
-        )
+        topic = f"{_STREAM_TOPIC}{principal.org_id}:{stream_id}"
+        try:
+            await self._notifier.publish(topic, str(generation))
+        except BaseException:
+            # Cancelled meanwhile: the caller never gets the open to release.
+            self.release(principal, stream_id, generation)
+            raise
         return generation, next_seq, fenced
 
     def _fence_if_taken_over(self, topic: str, payload: str) -> None:
