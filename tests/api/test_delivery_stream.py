@@ -533,6 +533,19 @@ async def test_stream_ids_belong_to_their_producer(api: RunningServer) -> None:
     mine.close()
 
 
+async def test_only_a_plans_owner_streams_its_delivery(api: RunningServer) -> None:
+    owner = await committed_plan(api, "owner", PLAN, {"mb_1": 150_000})
+    other = await committed_plan(api, "other", "other-plan", {"mb_1": 150_000})
+    stream = RawStream(api, other.key, "not-mine")
+    await stream.opened()
+    stream.send(1, [report(PLAN, "mb_1", 15, M)])
+    [result] = (await stream.ack()).results
+    assert result.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "PLAN_NOT_FOUND" in str(result.error.details[0].value)
+    stream.close()
+    assert (await owner.state(PLAN)).spend_micros == 0
+
+
 async def test_the_first_message_must_open_the_stream(api: RunningServer) -> None:
     buyer = await committed_plan(api, "confused", PLAN, {})
     requests: asyncio.Queue[pb.StreamDeliveryRequest | None] = asyncio.Queue()
