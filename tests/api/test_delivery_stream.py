@@ -634,6 +634,15 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         await api.close()
 
 
+async def _goes_on_from(resumed: RawStream, next_seq: int, buyer: Buyer) -> None:
+    """A held-back stream, reopened at `next_seq`, commits its next batch; the plan's spend is
+    the flooded day's, counted once, plus that batch's."""
+    resumed.send(next_seq, [report(PLAN, "mb_1", 16, 2 * M)])
+    assert (await resumed.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    assert (await buyer.state(PLAN)).spend_micros == 3 * M
+    resumed.close()
+
+
 async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
     database_url: str,
 ) -> None:
@@ -660,10 +669,7 @@ async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
         again, next_seq = await asyncio.wait_for(reopen(), 10)
         await until(lambda: api.server.delivery.uncommitted_batches == 0)
         assert next_seq == await stored_next_seq(api.database_url, "held-back-1") > committed
-        again.send(next_seq, [report(PLAN, "mb_1", 16, 2 * M)])
-        assert (await again.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
-        assert (await buyer.state(PLAN)).spend_micros == 3 * M
-        again.close()
+        await _goes_on_from(again, next_seq, buyer)
     finally:
         await api.close()
 
@@ -703,10 +709,7 @@ async def test_a_producer_that_stops_taking_acks_is_ended_and_frees_its_place(
         resumed = RawStream(api, buyer.key, "stalled-1")
         next_seq = (await resumed.opened()).next_seq
         assert next_seq == committed + 1
-        resumed.send(next_seq, [report(PLAN, "mb_1", 16, 2 * M)])
-        assert (await resumed.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
-        assert (await buyer.state(PLAN)).spend_micros == 3 * M
-        resumed.close()
+        await _goes_on_from(resumed, next_seq, buyer)
     finally:
         await api.close()
 

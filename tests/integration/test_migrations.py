@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,6 +22,8 @@ from reckon_server.storage.schema import (
     plans,
     principals,
 )
+
+T = TypeVar("T")
 
 
 async def test_upgrade_creates_the_whole_schema_and_is_idempotent(database_url: str) -> None:
@@ -85,8 +89,27 @@ async def stored_tallies(conn: AsyncConnection, tallies: sa.Table) -> set[tuple[
     return set(await conn.execute(sa.select(*(c for c in tallies.c if c.name != "org_id"))))
 
 
-async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_url: str) -> None:
+async def upgraded_over(
+    database_url: str,
+    revision: str,
+    store: Callable[[AsyncConnection], Awaitable[object]],
+    read: Callable[[AsyncConnection], Awaitable[T]],
+) -> T:
+    """What `read` finds once rows that `store` wrote on the schema of `revision` have been
+    upgraded to the head revision."""
     database = Database(database_url)
+    try:
+        assert await migrate.upgrade(database, revision) == revision
+        async with database.write() as conn:
+            await store(conn)
+        assert await migrate.upgrade(database) == migrate.head_revision()
+        async with database.read() as conn:
+            return await read(conn)
+    finally:
+        await database.dispose()
+
+
+async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_url: str) -> None:
     stored = [
         {**OUTCOME, "outcome_id": "out_1"},
         {**OUTCOME, "outcome_id": "out_2", "findings_count": 2},
@@ -94,15 +117,13 @@ async def test_outcome_tallies_start_from_the_outcomes_already_stored(database_u
         {**OUTCOME, "outcome_id": "out_4", "purchase_type": 2, "findings_count": 1},
         {**OUTCOME, "outcome_id": "out_5", "plan_id": "q"},
     ]
-    try:
-        assert await migrate.upgrade(database, "0005") == "0005"
-        async with database.write() as conn:
-            await conn.execute(sa.insert(plan_outcomes), stored)
-        assert await migrate.upgrade(database) == migrate.head_revision()
-        async with database.read() as conn:
-            tallies = await stored_tallies(conn, outcome_tallies)
-    finally:
-        await database.dispose()
+
+    async def store(conn: AsyncConnection) -> None:
+        await conn.execute(sa.insert(plan_outcomes), stored)
+
+    tallies = await upgraded_over(
+        database_url, "0005", store, lambda conn: stored_tallies(conn, outcome_tallies)
+    )
     assert tallies == {
         ("p", "gc_a", 1, 2, 2),
         ("p", "gc_b", 1, 1, 0),
@@ -140,38 +161,35 @@ async def store_plans(conn: AsyncConnection, *plan_ids: str) -> None:
 async def test_plans_trail_clocks_start_at_their_latest_entries(database_url: str) -> None:
     """A plan's trail clock starts at its latest check or outcome, so that entries added after
     the upgrade follow those already stored."""
-    database = Database(database_url)
     start = utcnow()
     at = [start + timedelta(seconds=n) for n in range(4)]
-    try:
-        assert await migrate.upgrade(database, "0006") == "0006"
-        async with database.write() as conn:
-            await store_plans(conn, "checked", "both", "new")
-            await conn.execute(
-                sa.insert(checks).values(**CHECK),
-                [
-                    {"check_id": "chk_1", "plan_id": "checked", "created_at": at[2]},
-                    {"check_id": "chk_2", "plan_id": "checked", "created_at": at[1]},
-                    {"check_id": "chk_3", "plan_id": "both", "created_at": at[3]},
-                ],
-            )
-            await conn.execute(
-                sa.insert(plan_outcomes).values(**OUTCOME),
-                [
-                    {"outcome_id": "out_1", "plan_id": "both", "created_at": at[1]},
-                    {"outcome_id": "out_2", "plan_id": "gone", "created_at": at[0]},
-                ],
-            )
-        assert await migrate.upgrade(database) == migrate.head_revision()
-        async with database.read() as conn:
-            clocks = dict((await conn.execute(sa.select(plans.c.plan_id, plans.c.trail_at))).all())
-    finally:
-        await database.dispose()
+
+    async def store(conn: AsyncConnection) -> None:
+        await store_plans(conn, "checked", "both", "new")
+        await conn.execute(
+            sa.insert(checks).values(**CHECK),
+            [
+                {"check_id": "chk_1", "plan_id": "checked", "created_at": at[2]},
+                {"check_id": "chk_2", "plan_id": "checked", "created_at": at[1]},
+                {"check_id": "chk_3", "plan_id": "both", "created_at": at[3]},
+            ],
+        )
+        await conn.execute(
+            sa.insert(plan_outcomes).values(**OUTCOME),
+            [
+                {"outcome_id": "out_1", "plan_id": "both", "created_at": at[1]},
+                {"outcome_id": "out_2", "plan_id": "gone", "created_at": at[0]},
+            ],
+        )
+
+    async def clocks_of(conn: AsyncConnection) -> dict[str, int]:
+        return dict((await conn.execute(sa.select(plans.c.plan_id, plans.c.trail_at))).all())
+
+    clocks = await upgraded_over(database_url, "0006", store, clocks_of)
     assert clocks == {"checked": epoch_micros(at[2]), "both": epoch_micros(at[3]), "new": 0}
 
 
 async def test_check_tallies_start_from_the_checks_already_stored(database_url: str) -> None:
-    database = Database(database_url)
     stored = [
         {**CHECK, "check_id": "chk_1"},
         {**CHECK, "check_id": "chk_2", "findings_count": 2},
@@ -180,16 +198,14 @@ async def test_check_tallies_start_from_the_checks_already_stored(database_url: 
         {**CHECK, "check_id": "chk_5", "purchase_type": 2},
         {**CHECK, "check_id": "chk_6", "plan_id": "q"},
     ]
-    try:
-        assert await migrate.upgrade(database, "0007") == "0007"
-        async with database.write() as conn:
-            await store_plans(conn, "p", "q")
-            await conn.execute(sa.insert(checks).values(plan_id="p", created_at=utcnow()), stored)
-        assert await migrate.upgrade(database) == migrate.head_revision()
-        async with database.read() as conn:
-            tallies = await stored_tallies(conn, check_tallies)
-    finally:
-        await database.dispose()
+
+    async def store(conn: AsyncConnection) -> None:
+        await store_plans(conn, "p", "q")
+        await conn.execute(sa.insert(checks).values(plan_id="p", created_at=utcnow()), stored)
+
+    tallies = await upgraded_over(
+        database_url, "0007", store, lambda conn: stored_tallies(conn, check_tallies)
+    )
     assert tallies == {
         ("p", "gc_a", 1, 1, 2, 2),
         ("p", "gc_a", 1, 2, 1, 1),
