@@ -15,7 +15,13 @@ from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding, Severity
 from reckon_server.domain.governance import Decision, Headroom, PlanTerms, evaluate
 from reckon_server.domain.money import format_money, micros_to_units, units_to_micros
-from reckon_server.domain.pacing import cpm_finding, overspend_finding, pacing, pacing_finding
+from reckon_server.domain.pacing import (
+    Pacing,
+    cpm_finding,
+    overspend_finding,
+    pacing,
+    pacing_finding,
+)
 from reckon_server.domain.reconciliation import describe, discrepancies, over_commitment
 from reckon_server.storage.delivery import _findings_json as findings_json
 
@@ -134,16 +140,21 @@ def test_pacing_is_undefined_outside_the_flight_or_without_commitment() -> None:
     )  # type: ignore[arg-type]
 
 
-def test_underpacing_warns_without_an_exhaustion_date() -> None:
-    figures = pacing(
+def _first_week_pacing(spend_micros: int) -> Pacing | None:
+    """The pacing of the seed's 150,000 flight after its first week, `spend_micros` spent."""
+    return pacing(
         committed_micros=150_000 * M,
         flight_start=FLIGHT[0],
         flight_end=FLIGHT[1],
         period_start=day("2026-03-15"),
         period_end=day("2026-03-22"),
-        period_spend_micros=5_769 * M,
-        cumulative_spend_micros=5_769 * M,
+        period_spend_micros=spend_micros,
+        cumulative_spend_micros=spend_micros,
     )
+
+
+def test_underpacing_warns_without_an_exhaustion_date() -> None:
+    figures = _first_week_pacing(5_769 * M)
     assert figures is not None
     finding = pacing_finding(figures)
     assert finding is not None
@@ -226,15 +237,7 @@ def test_the_exhaustion_date_is_the_projected_time_in_utc_to_the_second(
 
 
 def test_a_streamed_reports_findings_document_is_canonical_json() -> None:
-    paced = pacing(
-        committed_micros=150_000 * M,
-        flight_start=FLIGHT[0],
-        flight_end=FLIGHT[1],
-        period_start=day("2026-03-15"),
-        period_end=day("2026-03-22"),
-        period_spend_micros=30_000 * M,
-        cumulative_spend_micros=30_000 * M,
-    )
+    paced = _first_week_pacing(30_000 * M)
     assert paced is not None
     findings = [
         pacing_finding(paced),
