@@ -9,7 +9,7 @@ import pytest
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2, audit_service_pb2, delivery_service_pb2
-from tests.support.api import RunningServer, bearer, decode
+from tests.support.api import RunningServer, assert_ended_by_revocation, bearer, decode
 from tests.support.delivery import RawStream, committed_plan, report
 from tests.support.governance import M
 from tests.support.postgres import PostgresServer
@@ -24,7 +24,7 @@ async def replicas(postgres: PostgresServer) -> list[RunningServer]:
     await asyncio.gather(first.close(), second.close())
 
 
-async def test_revoking_on_one_replica_takes_effect_on_the_other(
+async def test_revoking_on_one_replica_takes_effect_on_the_other_and_ends_its_streams(
     replicas: list[RunningServer],
 ) -> None:
     a, b = replicas
@@ -33,6 +33,8 @@ async def test_revoking_on_one_replica_takes_effect_on_the_other(
     )
     execute = audit_service_pb2.ExecuteRequest(action_type="tool.read")
     await b.stubs.audit.Execute(execute, metadata=bearer(registered.api_key))  # now cached on b
+    stream = RawStream(b, registered.api_key, "roaming")
+    await stream.opened()
 
     await a.stubs.admin.RevokeKey(
         admin_service_pb2.RevokeKeyRequest(key_id=registered.key_id), metadata=bearer(a.admin_key)
@@ -48,6 +50,9 @@ async def test_revoking_on_one_replica_takes_effect_on_the_other(
             refusal = err
     assert refusal is not None, "revocation did not reach the other replica"
     assert decode(refusal).reason == "UNAUTHENTICATED"
+    await assert_ended_by_revocation(
+        stream.call.read(), "/reckon.v1.DeliveryService/StreamDelivery"
+    )
 
 
 async def test_a_stream_taken_over_on_another_replica_is_fenced_at_once(

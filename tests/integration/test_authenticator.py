@@ -87,3 +87,31 @@ async def test_a_revocation_during_a_lookup_keeps_its_result_out_of_the_cache(
     assert len(key_lookups) == 2  # read again, not served from the cache
     assert await keyed.authenticate(keyed.secret) is not None
     assert len(key_lookups) == 2  # and now cached
+
+
+async def test_an_open_call_outlives_an_outage_of_key_lookups_but_not_its_key(
+    database: Database, keyed: Keyed, key_lookups: list[str]
+) -> None:
+    authenticate = Authenticator(database, keyed.notifier, ttl=0.05)
+    failing = True
+
+    def fail(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if failing and "api_keys.key_hash = " in statement:
+            raise ConnectionResetError("storage went away")
+
+    watching = asyncio.ensure_future(authenticate.until_revoked(keyed.secret))
+    await asyncio.sleep(0.2)
+    event.listen(sa.Engine, "before_cursor_execute", fail)
+    try:
+        looked_up = len(key_lookups)
+        async with asyncio.timeout(5):
+            while len(key_lookups) < looked_up + 3 and not watching.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert not watching.done(), "a failed recheck ended the call"
+        failing = False
+        async with database.write() as conn:
+            org_id = await principal_store.ensure_org(conn, "default")
+            assert await principal_store.revoke_key(conn, org_id, keyed.key_id)
+        await asyncio.wait_for(watching, 5)
+    finally:
+        event.remove(sa.Engine, "before_cursor_execute", fail)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
@@ -149,6 +151,16 @@ def assert_caller_stalled(err: aio.AioRpcError, method: str) -> None:
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_STALLED")
     assert error.metadata["method"] == method
     assert "google.rpc.RetryInfo" in error.details
+
+
+async def assert_ended_by_revocation(read: Awaitable[object], method: str) -> None:
+    """The next read of a streaming call of `method` fails, within 10 s, because the call's
+    key was revoked."""
+    with pytest.raises(aio.AioRpcError) as ended:
+        await asyncio.wait_for(read, 10)
+    error = decode(ended.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    assert error.metadata["method"] == method
 
 
 def decode(err: aio.AioRpcError) -> DecodedError:

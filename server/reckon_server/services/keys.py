@@ -2,12 +2,14 @@
 
 Every call is authenticated, so the key lookup is cached. A revocation evicts the key at once
 on every replica (the change bus carries it); `ttl` bounds how long a key revoked outside the
-server (the `reckon keys revoke` command on SQLite) keeps working here.
+server (the `reckon keys revoke` command) keeps working here. Streaming calls outlive their
+authentication, so `until_revoked` tells them when their key stops being valid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from reckon_server.domain.principals import Principal, hash_key
@@ -16,6 +18,8 @@ from reckon_server.storage import principals as store
 from reckon_server.storage.database import Database
 
 KEY_REVOKED = "key_revoked"
+
+log = logging.getLogger(__name__)
 
 
 class Authenticator:
@@ -60,6 +64,22 @@ class Authenticator:
         if revocations == self._revocations:
             self._cache[key_hash] = (principal, key_id, time.monotonic() + self._ttl)
         return principal
+
+    async def until_revoked(self, secret: str) -> None:
+        """Return once the key no longer authenticates: at once after a revocation published
+        on any replica, within twice `ttl` after one made outside the server."""
+        with self._notifier.watching(KEY_REVOKED) as revocations:
+            while True:
+                try:
+                    if await self(secret) is None:
+                        return
+                except Exception:
+                    # Storage that cannot answer has not revoked anything: ending every open
+                    # stream over an outage would be worse than asking again. The outage is
+                    # reported by the calls that need storage; one line per open stream every
+                    # `ttl` would bury it.
+                    log.debug("could not recheck the key of an open call", exc_info=True)
+                await revocations.wait(self._ttl)
 
     async def revoked(self, key_id: str) -> None:
         await self._notifier.publish(KEY_REVOKED, key_id)

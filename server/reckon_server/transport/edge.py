@@ -6,7 +6,8 @@ become INVALID_BODY (grpc would answer INTERNAL), a request with NUL in a string
 every ReckonError is turned into its status by `status.to_grpc_status`. Anything else is
 logged under an incident id and answered INTERNAL without detail. A streaming call whose
 caller stops taking its messages is ended CALLER_STALLED: HTTP/2 flow control would otherwise
-hold it, and whatever its servicer holds, for as long as the connection lives.
+hold it, and whatever its servicer holds, for as long as the connection lives. One whose key
+is revoked while it runs is ended UNAUTHENTICATED: its key was checked only when it started.
 
 Messages of the delivery stream are the exception to the NUL check here: a generic walk of a
 batch would cost as much as the rest of its decoding, so the stream checks the strings of
@@ -20,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import Message
@@ -34,7 +35,13 @@ from reckon_server.transport.text import nul_violations
 
 log = logging.getLogger(__name__)
 
-Authenticator = Callable[[str], Awaitable[Principal | None]]
+
+class Authenticator(Protocol):
+    async def __call__(self, secret: str) -> Principal | None: ...
+
+    async def until_revoked(self, secret: str) -> None: ...
+
+
 _PACKAGE_PREFIX = "/reckon.v1."
 
 
@@ -127,7 +134,8 @@ class EdgeInterceptor(aio.ServerInterceptor):
             raise TypeError(f"{method}: client-streaming handlers are not used by reckon.v1")
         return wrapped
 
-    async def _enter(self, context: aio.ServicerContext[Any, Any]) -> None:
+    async def _enter(self, context: aio.ServicerContext[Any, Any]) -> str:
+        """Authenticate the call and set its principal; the call's key."""
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
@@ -141,6 +149,7 @@ class EdgeInterceptor(aio.ServerInterceptor):
         if principal is None:
             raise ReckonError(Reason.UNAUTHENTICATED, "unknown or revoked API key")
         call_context._principal.set(principal)
+        return secret.strip()
 
     def _unary(self, behavior: Any, method: str) -> Any:
         async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
@@ -158,7 +167,6 @@ class EdgeInterceptor(aio.ServerInterceptor):
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncGenerator[Any]:
             try:
-                await self._enter(context)
                 if request_streaming:
                     request = _checked_stream(request)
                 else:
@@ -169,31 +177,59 @@ class EdgeInterceptor(aio.ServerInterceptor):
             except Exception as err:
                 await _abort(context, method, err)
 
-        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        async def send_all(request: Any, context: aio.ServicerContext[Any, Any]) -> bool:
+            """Whether every response was sent; False once the caller stalls."""
             async with contextlib.aclosing(respond(request, context)) as responses:
                 async for response in responses:
                     try:
                         async with asyncio.timeout(self._send_timeout):
                             await context.write(response)
                     except TimeoutError:
-                        break
-                else:
-                    return
-            # Only now that the servicer has let go of what the call held: the status waits
-            # behind the unread messages, for as long as the connection lives.
-            await context.abort_with_status(
-                to_grpc_status(
-                    ReckonError(
-                        Reason.CALLER_STALLED,
-                        f"the caller took none of this call's messages for "
-                        f"{self._send_timeout:g} s; reopen the call to go on",
-                        {"method": method},
-                        retry_after_seconds=1.0,
-                    )
+                        return False
+            return True
+
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            try:
+                secret = await self._enter(context)
+            except Exception as err:
+                await _abort(context, method, err)
+            ending: ReckonError
+            try:
+                # Cancelling the call's own task, as the call's end by its caller would, is
+                # what reaches a servicer wherever it waits; the timeout scope turns that
+                # cancellation, and only that one, into TimeoutError here.
+                async with asyncio.timeout(None) as lifetime:
+                    revocation = asyncio.create_task(self._end_on_revocation(secret, lifetime))
+                    try:
+                        if await send_all(request, context):
+                            return
+                    finally:
+                        revocation.cancel()
+            except TimeoutError:
+                if not lifetime.expired():
+                    raise
+                ending = ReckonError(
+                    Reason.UNAUTHENTICATED,
+                    "the API key of this call was revoked",
+                    {"method": method},
                 )
-            )
+            else:
+                ending = ReckonError(
+                    Reason.CALLER_STALLED,
+                    f"the caller took none of this call's messages for "
+                    f"{self._send_timeout:g} s; reopen the call to go on",
+                    {"method": method},
+                    retry_after_seconds=1.0,
+                )
+            # Only now that the servicer has let go of what the call held: a stalled call's
+            # status waits behind its unread messages, for as long as the connection lives.
+            await context.abort_with_status(to_grpc_status(ending))
 
         return handle
+
+    async def _end_on_revocation(self, secret: str, lifetime: asyncio.Timeout) -> None:
+        await self._authenticate.until_revoked(secret)
+        lifetime.reschedule(asyncio.get_running_loop().time())
 
 
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -202,7 +238,7 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield message
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], method: str, err: Exception) -> None:
+async def _abort(context: aio.ServicerContext[Any, Any], method: str, err: Exception) -> NoReturn:
     if isinstance(err, aio.AbortError):
         raise err
     if isinstance(err, ReckonError):
