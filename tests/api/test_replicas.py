@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
 import pytest
 from grpc import aio
 
 from reckon.v1 import admin_service_pb2, audit_service_pb2, delivery_service_pb2
 from tests.support.api import RunningServer, assert_ended_by_revocation, bearer, decode
-from tests.support.delivery import RawStream, committed_plan, report
+from tests.support.delivery import RawStream, committed_plan, report, stored_rows
 from tests.support.governance import M
 from tests.support.postgres import PostgresServer
 
@@ -75,3 +76,29 @@ async def test_a_stream_taken_over_on_another_replica_is_fenced_at_once(
     new.close()
     await new.call.code()
     assert (await buyer.state("roamed")).spend_micros == 2 * M
+
+
+async def test_a_takeover_a_replica_did_not_hear_fences_its_connection_once_it_listens_again(
+    replicas: list[RunningServer],
+) -> None:
+    a, b = replicas
+    buyer = await committed_plan(a, "deaf", "unheard", {"mb_1": 150_000})
+    old = RawStream(b, buyer.key, "deaf")
+    await old.opened()
+    old.send(1, [report("unheard", "mb_1", 15, M)])
+    assert (await old.ack()).disposition == delivery_service_pb2.BATCH_DISPOSITION_COMMITTED
+    # Every replica's change listener goes, so the takeover's notification reaches none.
+    [(ended,)] = await stored_rows(
+        a.database_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    assert ended == 2
+    new = RawStream(a, buyer.key, "deaf")
+    assert (await new.opened()).next_seq == 2
+    # Sending nothing more, the older connection learns of it when its replica listens again.
+    with pytest.raises(aio.AioRpcError) as fenced:
+        await old.ack()
+    assert decode(fenced.value).reason == "STREAM_FENCED"
+    new.close()
+    assert await new.call.code() == grpc.StatusCode.OK

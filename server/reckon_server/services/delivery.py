@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ from reckon_server.storage.database import Database
 from reckon_server.storage.governance import AuditScope, StoredCheck, trail_after, trail_end
 from reckon_server.storage.group_commit import GroupCommitter
 from reckon_server.storage.schema import plans
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class DeliveryLedger:
         """Batches streams have read and not yet seen committed or failed: what the limits
         bound."""
         self._owners: dict[tuple[str, str], tuple[int, asyncio.Event]] = {}
+        self._owners_recheck: asyncio.Task[None] | None = None
         self.draining = asyncio.Event()
         notifier.subscribe(self._fence_if_taken_over)
 
@@ -146,12 +150,30 @@ class DeliveryLedger:
         return generation, next_seq, fenced
 
     def _fence_if_taken_over(self, topic: str, payload: str) -> None:
+        if topic == "*":
+            # The bus was deaf for a while: opens on other replicas may have gone unheard.
+            if self._owners and (self._owners_recheck is None or self._owners_recheck.done()):
+                self._owners_recheck = asyncio.create_task(self._fence_unheard_takeovers())
+            return
         if not topic.startswith(_STREAM_TOPIC):
             return
         org_id, _, stream_id = topic.removeprefix(_STREAM_TOPIC).partition(":")
         owner = self._owners.get((org_id, stream_id))
         if owner is not None and owner[0] < int(payload):
             owner[1].set()
+
+    async def _fence_unheard_takeovers(self) -> None:
+        owners = dict(self._owners)
+        try:
+            async with self._db.read() as conn:
+                stored = await store.stream_generations(conn, owners)
+        except Exception:
+            # Each stream's next commit checks its generation either way.
+            log.warning("could not recheck the owners of open streams", exc_info=True)
+            return
+        for key, (generation, fenced) in owners.items():
+            if stored.get(key, generation) > generation:
+                fenced.set()
 
     def release(self, principal: Principal, stream_id: str, generation: int) -> None:
         self._streams.leave()

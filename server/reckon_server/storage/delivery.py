@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -221,6 +221,20 @@ async def open_stream(
     if row.principal_id != principal_id:
         return None
     return int(row.generation), int(row.next_seq)
+
+
+async def stream_generations(
+    conn: AsyncConnection, streams: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The stored generation of each of these (org, stream id)."""
+    if not streams:
+        return {}
+    rows = await conn.execute(
+        sa.select(
+            delivery_streams.c.org_id, delivery_streams.c.stream_id, delivery_streams.c.generation
+        ).where(sa.tuple_(delivery_streams.c.org_id, delivery_streams.c.stream_id).in_(streams))
+    )
+    return {(row.org_id, row.stream_id): int(row.generation) for row in rows}
 
 
 class ApplyDeliveryBatches:
