@@ -166,7 +166,7 @@ class DeliveryLedger:
         owners = dict(self._owners)
         try:
             async with self._db.read() as conn:
-                stored = await store.stream_generations(conn, owners)
+                stored = await store.stream_generations(conn, list(owners))
         except Exception:
             # Each stream's next commit checks its generation either way.
             log.warning("could not recheck the owners of open streams", exc_info=True)
