@@ -128,6 +128,9 @@ async def test_sqlite_sends_a_heavy_batch_while_one_commits_and_applies_them_in_
 ) -> None:
     path = tmp_path / "pipelined.db"
     with sqlite3.connect(path) as db:
+        # As after the server's start: a rollback-journal file would need an exclusive lock,
+        # which the blocker below denies, for the writer process to switch it to WAL.
+        db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE notes (value TEXT)")
     database = Database(f"sqlite+aiosqlite:///{path}")
     committer = GroupCommitter(database, linger_seconds=0)
