@@ -874,6 +874,55 @@ async def test_streams_past_the_servers_limit_are_refused_overloaded(database_ur
         await api.close()
 
 
+async def test_a_producer_gone_while_its_open_is_announced_frees_its_place(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open is stored, then announced to other replicas: a producer that goes away
+    in between leaves neither its place nor its ownership behind."""
+    api = await RunningServer.start(database_url, stream_max_open=1)
+    try:
+        buyer = await committed_plan(api, "hasty", PLAN, {"mb_1": 150_000})
+        notifier = api.server.delivery._notifier
+        publish, announcing = notifier.publish, asyncio.Event()
+
+        async def announce_never(topic: str, payload: str = "") -> None:
+            if topic.startswith("stream:"):
+                announcing.set()
+                await asyncio.Event().wait()
+            await publish(topic, payload)
+
+        monkeypatch.setattr(notifier, "publish", announce_never)
+        gone = RawStream(api, buyer.key, "hasty")
+        opening = asyncio.ensure_future(gone.opened())
+        await asyncio.wait_for(announcing.wait(), 10)
+        gone.call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        monkeypatch.undo()
+
+        async def reopened() -> RawStream:
+            """The server frees the place once it hears of the cancel; until then it is taken."""
+            while True:
+                retry = RawStream(api, buyer.key, "hasty")
+                try:
+                    opened = await retry.opened()
+                except aio.AioRpcError as refused:
+                    if decode(refused).reason != "OVERLOADED":
+                        raise
+                    await asyncio.sleep(0.05)
+                    continue
+                assert opened.next_seq == 1
+                return retry
+
+        async with asyncio.timeout(10):
+            stream = await reopened()
+        stream.send(1, [report(PLAN, "mb_1", 15, M)])
+        assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+        stream.close()
+    finally:
+        await api.close()
+
+
 async def test_an_idle_stream_ends_ok_after_its_acks_and_frees_its_place(
     database_url: str,
 ) -> None:
