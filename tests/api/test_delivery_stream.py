@@ -4,10 +4,12 @@ duplicates, gaps, resume, fencing and backpressure."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +26,7 @@ from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_AMOUNT_MICROS, MAX_PLAN_TOTAL_MICROS
 from reckon_server.domain.pacing import pacing
 from reckon_server.errors import Reason, ReckonError
+from reckon_server.storage import delivery as delivery_store
 from reckon_server.storage.database import Database
 from reckon_server.storage.delivery import (
     ApplyDeliveryBatches,
@@ -450,6 +453,46 @@ async def test_a_newer_connection_fences_the_older_one(api: RunningServer) -> No
     new.send(2, [report(PLAN, "mb_1", 16, M)])
     assert (await new.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
     new.close()
+
+
+async def test_an_open_that_gets_back_after_a_newer_one_is_fenced_at_once(
+    api: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open raises the stream's generation in its transaction, but their callers may
+    resume in either order: the newer owns the stream however late the older gets back."""
+    buyer = await committed_plan(api, "overtaken", PLAN, {"mb_1": 150_000})
+    database = api.server.delivery._db
+    open_stream, write = delivery_store.open_stream, database.write
+    held: set[asyncio.Task[Any] | None] = set()
+    stored, resume = asyncio.Event(), asyncio.Event()
+
+    async def first_open_held(conn: Any, *args: Any) -> tuple[int, int] | None:
+        if not held:
+            held.add(asyncio.current_task())
+        return await open_stream(conn, *args)
+
+    @contextlib.asynccontextmanager
+    async def write_then_hold() -> AsyncIterator[Any]:
+        async with write() as conn:
+            yield conn
+        if asyncio.current_task() in held:
+            stored.set()
+            await resume.wait()
+
+    monkeypatch.setattr(delivery_store, "open_stream", first_open_held)
+    monkeypatch.setattr(database, "write", write_then_hold)
+    older = RawStream(api, buyer.key, "overtaken")
+    await asyncio.wait_for(stored.wait(), 10)
+    newer = RawStream(api, buyer.key, "overtaken")
+    assert (await newer.opened()).next_seq == 1
+    resume.set()
+    assert (await older.opened()).next_seq == 1
+    with pytest.raises(aio.AioRpcError) as raised:
+        await older.ack()
+    assert decode(raised.value).reason == "STREAM_FENCED"
+    newer.send(1, [report(PLAN, "mb_1", 15, M)])
+    assert (await newer.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    newer.close()
 
 
 async def test_connections_racing_for_one_stream_apply_each_batch_once(
