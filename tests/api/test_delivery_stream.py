@@ -103,10 +103,26 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     gap = await stream.ack()
     assert (gap.disposition, gap.next_seq) == (pb.BATCH_DISPOSITION_REJECTED, 2)
     assert gap.error.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+    # Never committed, so not duplicates: a producer counting from 0 must not drop batch 0.
+    for seq, reports, field in [
+        (0, [report(PLAN, "mb_1", 17, M)], "batch.seq"),
+        (-(2**63), [report(PLAN, "mb_1", 17, M)], "batch.seq"),
+        (2, [], "batch.reports"),
+        (2, [report(PLAN, "mb_1", 17, M)] * 1001, "batch.reports"),
+    ]:
+        stream.send(seq, reports)
+        invalid = await stream.ack()
+        assert (invalid.seq, invalid.disposition, invalid.next_seq) == (
+            seq,
+            pb.BATCH_DISPOSITION_REJECTED,
+            2,
+        )
+        assert invalid.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert field in _violations(invalid.error)
     stream.send(2, [report(PLAN, "mb_1", 17, 500 * M)])
     assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
     stream.close()
-    # Nothing of the duplicate or the rejected batch was written.
+    # Nothing of the duplicate or the rejected batches was written.
     assert (await buyer.state(PLAN)).spend_micros == 3_500 * M
 
     resumed = RawStream(api, buyer.key, "producer-1")

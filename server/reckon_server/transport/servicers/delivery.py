@@ -163,7 +163,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                         )
                     )
                     break
-                if batch.seq < expected:
+                if 1 <= batch.seq < expected:
                     await acks.put(
                         _ready(
                             pb.BatchAck(
@@ -174,20 +174,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                         )
                     )
                     continue
-                if batch.seq > expected or not 1 <= len(batch.reports) <= limits.max_batch_reports:
-                    error = (
-                        sequence_gap(expected, batch.seq)
-                        if batch.seq > expected
-                        else invalid(
-                            Reason.INVALID_REQUEST,
-                            [
-                                FieldViolation(
-                                    "batch.reports",
-                                    f"must hold 1..{limits.max_batch_reports} reports",
-                                )
-                            ],
-                        )
-                    )
+                error = _rejection(batch, expected, limits.max_batch_reports)
+                if error is not None:
                     rejected = pb.BatchAck(
                         seq=batch.seq,
                         disposition=pb.BATCH_DISPOSITION_REJECTED,
@@ -355,6 +343,20 @@ async def _drain(acks: asyncio.Queue[Any]) -> AsyncIterator[pb.StreamDeliveryRes
             return
         with contextlib.suppress(ReckonError):
             yield pb.StreamDeliveryResponse(ack=await item)
+
+
+def _rejection(batch: pb.DeliveryBatch, expected: int, max_reports: int) -> ReckonError | None:
+    """Why a batch that is not a duplicate cannot be applied, if it cannot. A seq below 1 was
+    never committed: acking it DUPLICATE would have its producer drop it as already stored."""
+    if batch.seq > expected:
+        return sequence_gap(expected, batch.seq)
+    if batch.seq < 1:
+        violation = FieldViolation("batch.seq", "numbers the stream's batches from 1")
+    elif not 1 <= len(batch.reports) <= max_reports:
+        violation = FieldViolation("batch.reports", f"must hold 1..{max_reports} reports")
+    else:
+        return None
+    return invalid(Reason.INVALID_REQUEST, [violation])
 
 
 def _observe(future: asyncio.Future[Any]) -> None:
