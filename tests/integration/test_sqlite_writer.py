@@ -84,3 +84,25 @@ def kill(writer: SqliteWriter) -> None:
     assert process.pid is not None
     os.kill(process.pid, signal.SIGKILL)
     process.join(10)
+
+
+def test_a_writer_that_cannot_start_fails_what_it_was_sent_and_the_next_one_starts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as db:  # a rollback journal, which the writer switches to WAL
+        db.execute("CREATE TABLE notes (value TEXT)")
+    writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
+    try:
+        with sqlite3.connect(path, isolation_level=None) as blocker:
+            # The switch needs an exclusive lock, which SQLite refuses at once under this one.
+            blocker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(ConnectionResetError):
+                writer.submit(Insert("sent to a writer that could not start")).result(30)
+            blocker.execute("ROLLBACK")
+        assert writer.submit(Insert("after")).result(30) == "after"
+    finally:
+        writer.close()
+    with sqlite3.connect(path) as db:
+        assert [v for (v,) in db.execute("SELECT value FROM notes")] == ["after"]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
