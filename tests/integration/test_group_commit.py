@@ -141,31 +141,33 @@ async def test_sqlite_sends_a_heavy_batch_while_one_commits_and_applies_them_in_
             await asyncio.sleep(0.01)
 
     try:
-        with sqlite3.connect(path, isolation_level=None) as blocker:
-            blocker.execute("BEGIN IMMEDIATE")  # the writer process waits for this lock
-            first = asyncio.ensure_future(committer.submit(op, "a"))
-            await asyncio.wait_for(sent(1), 30)
-            second = asyncio.ensure_future(committer.submit(op, "b"))
-            if pipelined:
-                await asyncio.wait_for(sent(2), 10)
+        # A failure ends the calls still waiting here, not in whichever test runs next.
+        async with asyncio.TaskGroup() as calls:
+            with sqlite3.connect(path, isolation_level=None) as blocker:
+                blocker.execute("BEGIN IMMEDIATE")  # the writer process waits for this lock
+                first = calls.create_task(committer.submit(op, "a"))
+                await asyncio.wait_for(sent(1), 30)
+                second = calls.create_task(committer.submit(op, "b"))
+                if pipelined:
+                    await asyncio.wait_for(sent(2), 10)
 
-            async def write_directly() -> None:
-                async with database.write() as conn:
-                    await conn.exec_driver_sql("INSERT INTO notes VALUES ('c')")
+                async def write_directly() -> None:
+                    async with database.write() as conn:
+                        await conn.exec_driver_sql("INSERT INTO notes VALUES ('c')")
 
-            # The server's own connection waits until the batches already sent are done.
-            direct = asyncio.ensure_future(write_directly())
-            await asyncio.sleep(0.2)
-            # A light batch waits for the one in flight instead.
-            assert database._batches_in_flight == (2 if pipelined else 1)
-            assert [first.done(), second.done(), direct.done()] == [False, False, False]
-            blocker.execute("ROLLBACK")
-        # The direct write holds its turn from before the first batch ended: a light batch,
-        # not sent by then, comes after it.
-        order = "abc" if pipelined else "acb"
-        assert await first == ("a",)
-        assert await second == tuple(order[: order.index("b") + 1])
-        await direct
+                # The server's own connection waits until the batches already sent are done.
+                direct = calls.create_task(write_directly())
+                await asyncio.sleep(0.2)
+                # A light batch waits for the one in flight instead.
+                assert database._batches_in_flight == (2 if pipelined else 1)
+                assert [first.done(), second.done(), direct.done()] == [False, False, False]
+                blocker.execute("ROLLBACK")
+            # The direct write holds its turn from before the first batch ended: a light
+            # batch, not sent by then, comes after it.
+            order = "abc" if pipelined else "acb"
+            assert await first == ("a",)
+            assert await second == tuple(order[: order.index("b") + 1])
+            await direct
     finally:
         await committer.close()
         await database.dispose()
