@@ -693,6 +693,25 @@ async def test_a_producer_that_never_reads_acks_is_held_back(database_url: str) 
         await api.close()
 
 
+async def _reopened_once_free(
+    api: RunningServer, key: str, stream_id: str
+) -> tuple[RawStream, int]:
+    """The stream opened again, and its next_seq, once the server has room for it: it refuses
+    OVERLOADED until the call that held the place has ended (within 10 s)."""
+
+    async def reopen() -> tuple[RawStream, int]:
+        while True:
+            again = RawStream(api, key, stream_id)
+            try:
+                return again, (await again.opened()).next_seq
+            except aio.AioRpcError as refused:
+                if decode(refused).reason != "OVERLOADED":
+                    raise
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(reopen(), 10)
+
+
 async def _goes_on_from(resumed: RawStream, next_seq: int, buyer: Buyer) -> None:
     """A held-back stream, reopened at `next_seq`, commits its next batch; the plan's spend is
     the flooded day's, counted once, plus that batch's."""
@@ -714,18 +733,7 @@ async def test_a_producer_gone_while_held_back_frees_its_place_and_resumes(
         assert committed < 60, "the server kept reading"
         stream.call.cancel()
 
-        async def reopen() -> tuple[RawStream, int]:
-            while True:
-                again = RawStream(api, buyer.key, "held-back-1")
-                try:
-                    return again, (await again.opened()).next_seq
-                except aio.AioRpcError as refused:
-                    # Refused OVERLOADED only until the old call has ended.
-                    if refused.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise
-                    await asyncio.sleep(0.05)
-
-        again, next_seq = await asyncio.wait_for(reopen(), 10)
+        again, next_seq = await _reopened_once_free(api, buyer.key, "held-back-1")
         await until(lambda: api.server.delivery.uncommitted_batches == 0)
         assert next_seq == await stored_next_seq(api.database_url, "held-back-1") > committed
         await _goes_on_from(again, next_seq, buyer)
@@ -959,22 +967,8 @@ async def test_a_producer_gone_while_its_open_is_announced_frees_its_place(
             await opening
         monkeypatch.undo()
 
-        async def reopened() -> RawStream:
-            """The server frees the place once it hears of the cancel; until then it is taken."""
-            while True:
-                retry = RawStream(api, buyer.key, "hasty")
-                try:
-                    opened = await retry.opened()
-                except aio.AioRpcError as refused:
-                    if decode(refused).reason != "OVERLOADED":
-                        raise
-                    await asyncio.sleep(0.05)
-                    continue
-                assert opened.next_seq == 1
-                return retry
-
-        async with asyncio.timeout(10):
-            stream = await reopened()
+        stream, next_seq = await _reopened_once_free(api, buyer.key, "hasty")
+        assert next_seq == 1
         stream.send(1, [report(PLAN, "mb_1", 15, M)])
         assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
         stream.close()
