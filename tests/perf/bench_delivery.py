@@ -320,7 +320,10 @@ def print_run(name: str, result: dict[str, float], rss: float) -> None:
         else f"PostgreSQL {result['database_cores']:.2f} "
         f"({1e6 * result['database_cores'] / rate(result):.0f} us per report)"
     )
-    print(f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}")
+    print(
+        f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}, "
+        f"load generator {result['client_cores']:.2f}"
+    )
 
 
 async def off_pace_run(directory: Path, reports: int) -> tuple[dict[str, float], float]:

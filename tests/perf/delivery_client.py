@@ -7,7 +7,7 @@ Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so ev
 distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH
 per batch, keeping a window of 8 un-acked batches. Each report spends SPEND_MICROS in its
 minute, by default ON_PLAN_SPEND. Prints one JSON line: reports acknowledged, seconds, ack
-latency p50/p99.
+latency p50/p99 and the cores it used meanwhile (its CPU shares the machine with the server's).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ async def main(
         call = stub.StreamDelivery(metadata=(("authorization", f"Bearer {key}"),))
         await call.write(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=stream_id)))
         await call.read()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
 
         async def send() -> None:
             for batch in work:
@@ -99,6 +99,7 @@ async def main(
             acked += len(ack.results)
             window.release()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         await sender
         await call.done_writing()
     latencies.sort()
@@ -107,6 +108,7 @@ async def main(
             {
                 "reports": acked,
                 "seconds": elapsed,
+                "client_cores": cpu / elapsed,
                 "p50_ms": latencies[len(latencies) // 2] * 1e3,
                 "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
             }
