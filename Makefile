@@ -54,11 +54,14 @@ lint: deps
 	$(BIN)/ruff format --check .
 	$(BIN)/buf lint
 	$(BIN)/buf format --exit-code > /dev/null
-	@if git rev-parse --verify --quiet HEAD~1 > /dev/null && git cat-file -e HEAD~1:buf.yaml 2> /dev/null; then \
-	  $(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
-	else \
-	  echo "buf breaking: no earlier commit with buf.yaml to compare against"; \
-	fi
+	@# Against every earlier version of the contract, not just the last commit's: a field
+	@# added in one commit and removed a few later would otherwise pass.
+	@earlier=$$(git rev-parse --verify --quiet HEAD~1 > /dev/null && git log --format=%H HEAD~1 -- proto buf.yaml); \
+	for rev in $$earlier; do \
+	  git cat-file -e $$rev:buf.yaml 2> /dev/null || continue; \
+	  $(BIN)/buf breaking --against ".git#ref=$$rev" || { echo "buf breaking: a change breaks the contract of $$rev"; exit 1; }; \
+	done; \
+	[ -n "$$earlier" ] || echo "buf breaking: no earlier version of the contract to compare against"
 
 types: deps
 	$(BIN)/mypy server clients/python
