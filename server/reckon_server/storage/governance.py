@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -405,7 +406,7 @@ def add_to_tallies(conn: sa.Connection, outcome_rows: Sequence[tuple[Any, ...]])
     cycle."""
     added: dict[tuple[Any, ...], list[int]] = {}
     for row in outcome_rows:
-        tally = added.setdefault(tuple(row[i] for i in _TALLY_KEY_AT), [0, 0])
+        tally = added.setdefault(_tally_key(row), [0, 0])
         tally[0] += 1
         tally[1] += row[_FINDINGS_AT]
     _ADD_TO_TALLIES.write(conn, [(*key, *tally) for key, tally in added.items()])
@@ -413,7 +414,9 @@ def add_to_tallies(conn: sa.Connection, outcome_rows: Sequence[tuple[Any, ...]])
 
 _OUTCOME_COLUMNS = tuple(plan_outcomes.columns.keys())
 _TALLY_KEY = ("org_id", "plan_id", "governance_context", "purchase_type")
-_TALLY_KEY_AT = tuple(_OUTCOME_COLUMNS.index(c) for c in _TALLY_KEY)
+# A key of several columns comes back as a tuple of them, taken in C: this runs for every
+# streamed report.
+_tally_key = operator.itemgetter(*(_OUTCOME_COLUMNS.index(c) for c in _TALLY_KEY))
 _FINDINGS_AT = _OUTCOME_COLUMNS.index("findings_count")
 
 
