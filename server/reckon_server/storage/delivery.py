@@ -112,8 +112,19 @@ _STORED_PERIODS = sa.select(
     delivery_periods.c.governance_context.in_(sa.bindparam("contexts", expanding=True)),
     delivery_periods.c.period_start.between(sa.bindparam("first"), sa.bindparam("last")),
 )
+# Only what ingest reads of a campaign: every transaction reads each campaign it names, and
+# the rest (its channels document, above all) would be decoded for nothing.
 _CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
-    sa.select(campaigns).where(
+    sa.select(
+        campaigns.c.governance_context,
+        campaigns.c.media_buy_id,
+        campaigns.c.purchase_type,
+        campaigns.c.committed_micros,
+        campaigns.c.settled,
+        campaigns.c.spend_micros,
+        campaigns.c.flight_start,
+        campaigns.c.flight_end,
+    ).where(
         campaigns.c.org_id == sa.bindparam("org"),
         campaigns.c.plan_id == sa.bindparam("plan"),
         name.in_(sa.bindparam("names", expanding=True)),
