@@ -309,34 +309,27 @@ class ApplyDeliveryBatches:
             for r in b.reports
             if isinstance(r, StreamReport)
         }
-        plan_rows: dict[tuple[str, str], Any] = {}
-        plan_spend: dict[tuple[str, str], int] = {}
+        plans: dict[tuple[str, str], _Plan] = {}
         # Each plan's outcomes of this transaction are timed one microsecond apart in report
         # order, from a block as long as the transaction's reports.
-        trail_at: dict[tuple[str, str], int] = {}
         latest_us = max((epoch_micros(b.now) for b in batches), default=0)
         count = sum(len(b.reports) for b in batches)
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
             names = {"org": org_id, "plan": plan_id}
             row = conn.execute(_LOCK_PLAN, names).first()
             if row is not None:
-                plan_rows[(org_id, plan_id)] = row
-                plan_spend[(org_id, plan_id)] = int(conn.execute(PLAN_SPEND, names).scalar_one())
+                spend = int(conn.execute(PLAN_SPEND, names).scalar_one())
                 last = conn.execute(
                     NEXT_TRAIL_AT, {**names, "now": latest_us, "count": count}
                 ).scalar_one()
-                trail_at[(org_id, plan_id)] = int(last) - count + 1
-        campaign_rows = self._campaigns(conn, named, plan_rows)
-        lookups = _Lookups(
-            plan_rows,
-            campaign_rows,
-            {key: self._terms_of(row.document) for key, row in plan_rows.items()},
-            self._rules_of,
-        )
+                plans[(org_id, plan_id)] = _Plan(
+                    row, self._terms_of(row.document), spend, int(last) - count + 1
+                )
+        campaign_rows = self._campaigns(conn, named, plans)
+        lookups = _Lookups(plans, campaign_rows, self._rules_of)
 
-        # Existing totals, so each report's cumulative spend is exact at its position.
+        # Stored periods, so that each report's change to its campaign's spend is exact.
         contexts = sorted({c.governance_context for c in campaign_rows.values()})
-        totals = {c.governance_context: int(c.spend_micros) for c in campaign_rows.values()}
         periods: dict[tuple[str, int, int], int] = {}
         for first, last in _time_ranges(batches) if contexts else ():
             # Periods this transaction may replace: the campaigns' rows within the time range
@@ -352,58 +345,74 @@ class ApplyDeliveryBatches:
         outcome_rows: list[tuple[Any, ...]] = []
         applied: list[BatchApplied] = []
         for batch in batches:
-            now_us = epoch_micros(batch.now)
+            org_id, now_us = batch.org_id, epoch_micros(batch.now)
             new_ids = iter(outcome_ids(batch.now, len(batch.reports)))
             done = BatchApplied([])
+            results = done.results
             # A batch's reports name few campaigns: each is resolved and checked once.
             targets: dict[tuple[str, str, str], _Target | ReckonError] = {}
             for report in batch.reports:
                 if isinstance(report, ReckonError):
-                    done.results.append(report)
+                    results.append(report)
                     continue
-                key = (report.plan_id, report.media_buy_id, report.governance_context)
+                # Unpacked once: this loop runs for every streamed report.
+                (
+                    plan_id,
+                    named_context,
+                    media_buy_id,
+                    start_us,
+                    end_us,
+                    spend,
+                    impressions,
+                    cpm,
+                    viewability,
+                    completion,
+                ) = report
+                key = (plan_id, media_buy_id, named_context)
                 target = targets.get(key)
                 if target is None:
                     target = targets[key] = lookups.target(batch, report)
                     if not isinstance(target, ReckonError):
-                        done.touched_plans.add(report.plan_id)
+                        done.touched_plans.add(plan_id)
                 if isinstance(target, ReckonError):
-                    done.results.append(target)
+                    results.append(target)
                     continue
                 context = target.governance_context
-                period = (context, report.start_us, report.end_us)
-                change = report.spend_micros - periods.get(period, 0)
+                period = (context, start_us, end_us)
+                change = spend - periods.get(period, 0)
                 plan = target.plan
-                if plan_spend[plan] + change > MAX_PLAN_TOTAL_MICROS:
+                if plan.spend + change > MAX_PLAN_TOTAL_MICROS:
                     # One result per report so far: its count is this report's index.
-                    path = f"reports[{len(done.results)}].delivery.spend_micros"
-                    done.results.append(past_plan_total(path, "delivered spend"))
+                    path = f"reports[{len(results)}].delivery.spend_micros"
+                    results.append(past_plan_total(path, "delivered spend"))
                     continue
-                total = totals.get(context, 0) + change
+                total = target.spend + change
                 try:
                     findings = target.findings(report, total)
                     document = _findings_json(findings) if findings else None
                 except Exception:
                     # A fault in the rules fails this report alone: raised, it would fail
                     # every batch of the transaction, each retried into the same fault.
-                    where = f"reports[{len(done.results)}] of batch {batch.seq}"
+                    where = f"reports[{len(results)}] of batch {batch.seq}"
                     failed = f"findings rules failed on {where} of stream {batch.stream_id!r}"
-                    done.results.append(internal(log, failed))
+                    results.append(internal(log, failed))
                     continue
-                plan_spend[plan] += change
-                totals[context] = total
-                periods[period] = report.spend_micros
+                plan.spend += change
+                target.spend = total
+                periods[period] = spend
                 outcome_id = next(new_ids)
                 period_rows.append(
                     (
-                        *period,
-                        batch.org_id,
-                        report.plan_id,
-                        report.spend_micros,
-                        report.impressions,
-                        report.cpm_micros,
-                        report.viewability_rate,
-                        report.completion_rate,
+                        context,
+                        start_us,
+                        end_us,
+                        org_id,
+                        plan_id,
+                        spend,
+                        impressions,
+                        cpm,
+                        viewability,
+                        completion,
                         outcome_id,
                         now_us,
                     )
@@ -411,8 +420,8 @@ class ApplyDeliveryBatches:
                 outcome_rows.append(
                     (
                         outcome_id,
-                        batch.org_id,
-                        report.plan_id,
+                        org_id,
+                        plan_id,
                         None,
                         context,
                         target.purchase_type,
@@ -421,18 +430,19 @@ class ApplyDeliveryBatches:
                         None,
                         len(findings),
                         document or _NO_FINDINGS,
-                        target.plan_hash,
-                        trail_at[plan],
+                        plan.row.plan_hash,
+                        plan.trail_at,
                     )
                 )
-                trail_at[plan] += 1
-                done.results.append((outcome_id, document))
+                plan.trail_at += 1
+                results.append((outcome_id, document))
             applied.append(done)
         _UPSERT_PERIODS.write(conn, period_rows)
         _INSERT_OUTCOMES.write(conn, outcome_rows)
         # A campaign is looked up only for a report that is then applied to it.
-        touched = sorted(lookups.by_context)
-        _SET_CAMPAIGN_SPEND.write(conn, [(totals[c], c) for c in touched])
+        _SET_CAMPAIGN_SPEND.write(
+            conn, [(lookups.by_context[c].spend, c) for c in sorted(lookups.by_context)]
+        )
         add_to_tallies(conn, outcome_rows)
         return applied
 
@@ -440,13 +450,13 @@ class ApplyDeliveryBatches:
         self,
         conn: sa.Connection,
         named: set[tuple[str, str, str, str]],
-        plan_rows: dict[tuple[str, str], Any],
+        plans: dict[tuple[str, str], _Plan],
     ) -> dict[tuple[str, str, str], Any]:
         """The campaigns named by (org, plan, media buy, governance context) that exist."""
         by_media: dict[tuple[str, str], set[str]] = {}
         by_context: dict[tuple[str, str], set[str]] = {}
         for org_id, plan_id, media_buy_id, context in named:
-            if (org_id, plan_id) in plan_rows:
+            if (org_id, plan_id) in plans:
                 if media_buy_id:
                     by_media.setdefault((org_id, plan_id), set()).add(media_buy_id)
                 else:
@@ -465,34 +475,45 @@ class ApplyDeliveryBatches:
         return found
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
+class _Plan:
+    """A plan that a transaction's reports name, as read under its lock, and its running
+    figures: its delivered spend and the trail time of its next outcome, up to the report at
+    hand."""
+
+    row: Any
+    terms: Any
+    spend: int
+    trail_at: int
+
+
+@dataclass(slots=True)
 class _Target:
-    """The campaign a report lands in: its rules, and what its outcome rows copy."""
+    """The campaign a report lands in: its rules, what its outcome rows copy, and its
+    delivered spend up to the report at hand."""
 
     governance_context: str
-    plan: tuple[str, str]
-    """(org, plan id)."""
+    plan: _Plan
     findings: ReportRules
     purchase_type: int
-    plan_hash: str
+    spend: int
 
 
 @dataclass
 class _Lookups:
     """What one transaction read about the plans and campaigns its reports name."""
 
-    plan_rows: dict[tuple[str, str], Any]
+    plans: dict[tuple[str, str], _Plan]
     campaign_rows: dict[tuple[str, str, str], Any]
-    plan_terms: dict[tuple[str, str], Any]
     rules_of: RulesOf
     by_context: dict[str, _Target] = field(default_factory=dict)
 
     def target(self, batch: StreamBatch, report: StreamReport) -> _Target | ReckonError:
         """The campaign a report is for, or why the report is refused."""
-        plan_row = self.plan_rows.get((batch.org_id, report.plan_id))
-        if plan_row is None or plan_row.owner_id != batch.principal_id:
+        plan = self.plans.get((batch.org_id, report.plan_id))
+        if plan is None or plan.row.owner_id != batch.principal_id:
             return not_found(Reason.PLAN_NOT_FOUND, "plan", report.plan_id, "plan_id")
-        if plan_row.status != ACTIVE:
+        if plan.row.status != ACTIVE:
             return ReckonError(
                 Reason.CAMPAIGN_SUSPENDED,
                 f"plan {report.plan_id} is not active",
@@ -505,7 +526,7 @@ class _Lookups:
         context = campaign.governance_context
         target = self.by_context.get(context)
         if target is None:
-            terms = self.plan_terms[(batch.org_id, report.plan_id)]
+            terms = plan.terms
             facts = CampaignFacts(
                 terms.currency,
                 campaign.committed_micros,
@@ -517,10 +538,10 @@ class _Lookups:
             )
             target = self.by_context[context] = _Target(
                 context,
-                (batch.org_id, report.plan_id),
+                plan,
                 self.rules_of(facts),
                 campaign.purchase_type,
-                plan_row.plan_hash,
+                int(campaign.spend_micros),
             )
         return target
 
