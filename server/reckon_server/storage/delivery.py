@@ -547,7 +547,9 @@ class _Lookups:
 
 
 def _time_ranges(batches: Sequence[StreamBatch]) -> list[tuple[int, int]]:
-    """The period starts each batch covers, as (first, last), overlapping ranges merged."""
+    """The period starts each batch covers, as (first, last); ranges that overlap, or are
+    no further apart than the longer of the two is long (the consecutive batches of a stream),
+    are merged, so that a transaction usually reads its stored periods with one query."""
     ranges = sorted(
         (min(starts), max(starts))
         for starts in (
@@ -557,7 +559,7 @@ def _time_ranges(batches: Sequence[StreamBatch]) -> list[tuple[int, int]]:
     )
     merged: list[tuple[int, int]] = []
     for first, last in ranges:
-        if merged and first <= merged[-1][1]:
+        if merged and first - merged[-1][1] <= max(last - first, merged[-1][1] - merged[-1][0]):
             merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
         else:
             merged.append((first, last))
