@@ -73,12 +73,6 @@ class StreamReport(NamedTuple):
     completion_rate: float | None
 
 
-Delivered = tuple[str, str | None]
-"""A stored report: its outcome id, and its findings as stored in the outcome's response
-document (None when it has none). Results cross back from the writer process pickled: text
-already made for the row costs nothing more, where finding objects cost more to pickle than
-to compute."""
-
 # Reads and cursor writes of every transaction, built once: building a statement costs more
 # Python than running a compiled one.
 _LOCK_CURSOR = (
@@ -160,7 +154,15 @@ class CampaignFacts:
 
 @dataclass
 class BatchApplied:
-    results: list[Delivered | ReckonError]
+    """What a batch's transaction did, as it crosses back from the writer process pickled:
+    plain ids and text already made for the rows, which pickle cheaply (finding objects cost
+    more to pickle than to compute, and a pair per report four times a bare id)."""
+
+    results: list[str | ReckonError]
+    """Per report, in batch order: its outcome id, or why it was refused."""
+    findings: dict[int, str] = field(default_factory=dict)
+    """The findings of the reports that have any, by index in `results`, as stored in their
+    outcomes' response documents."""
     touched_plans: set[str] = field(default_factory=set)
 
 
@@ -435,7 +437,9 @@ class ApplyDeliveryBatches:
                     )
                 )
                 plan.trail_at += 1
-                results.append((outcome_id, document))
+                if document:
+                    done.findings[len(results)] = document
+                results.append(outcome_id)
             applied.append(done)
         _UPSERT_PERIODS.write(conn, period_rows)
         _INSERT_OUTCOMES.write(conn, outcome_rows)

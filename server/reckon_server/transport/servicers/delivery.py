@@ -381,13 +381,13 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
     ack = pb.BatchAck(seq=seq, disposition=pb.BATCH_DISPOSITION_COMMITTED, next_seq=next_seq)
     # Filled in place: nested keyword construction costs several times as much per report.
     add_result = ack.results.add
-    for result in applied.results:
+    for index, result in enumerate(applied.results):
         if isinstance(result, ReckonError):
             add_result().error.CopyFrom(rich_status(result))
             continue
-        outcome_id, findings = result
         accepted = add_result().accepted
-        accepted.outcome_id = outcome_id
+        accepted.outcome_id = result
+        findings = applied.findings.get(index)
         if findings:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
             add_finding = accepted.findings.add
