@@ -1,7 +1,8 @@
 """Delivery ingest: StreamDelivery against its two bounds, in one run.
 
     .venv/bin/python -m tests.perf.bench_delivery [--reports 200000]
-        [--soak 10000000 [--producer-reports 500000]] [--crowd 60] [--off-pace-only]
+        [--soak 10000000 [--producer-reports 500000]] [--crowd 60]
+        [--sqlite-only | --off-pace-only]
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
@@ -16,7 +17,8 @@ resource tracker), and how long GetPlanAuditLogs takes over the growing plan: it
 (the summary and 1,000 entries) and its next page of 1,000 entries. `--crowd N` has N
 producers each send 20 batches of 1,000 reports while another connection holds SQLite's
 write lock, then lets the backlog commit, and prints the server's RSS before, while held and
-at its peak.
+at its peak. `--sqlite-only` and `--off-pace-only` run (c) or (e) alone: quick to repeat when
+comparing two versions of the server.
 """
 
 from __future__ import annotations
@@ -300,6 +302,7 @@ async def crowd(streams: int, batches_each: int = 20) -> None:
             await server.stop()
 
 
+SQLITE = "(c) StreamDelivery on SQLite"
 OFF_PACE = "(e) (c) with a finding per report"
 
 
@@ -315,10 +318,10 @@ def print_run(name: str, result: dict[str, float], rss: float) -> None:
     )
     writer = (
         f"its writer process {result['writer_cores']:.2f} "
-        f"({1e6 * result['writer_cores'] / rate(result):.0f} us per report)"
+        f"({1e6 * result['writer_cores'] / rate(result):.1f} us per report)"
         if result["writer_cores"]
         else f"PostgreSQL {result['database_cores']:.2f} "
-        f"({1e6 * result['database_cores'] / rate(result):.0f} us per report)"
+        f"({1e6 * result['database_cores'] / rate(result):.1f} us per report)"
     )
     print(
         f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}, "
@@ -326,18 +329,22 @@ def print_run(name: str, result: dict[str, float], rss: float) -> None:
     )
 
 
-async def off_pace_run(directory: Path, reports: int) -> tuple[dict[str, float], float]:
-    """(e): twice the planned rate, 100 % over pace, so a budget_authority warning on every
-    report."""
-    url = f"sqlite+aiosqlite:///{directory / 'e.db'}"
-    return await reckon_run(url, reports, 2 * ON_PLAN_SPEND)
+OFF_PACE_SPEND = 2 * ON_PLAN_SPEND
+"""(e): twice the planned rate, 100 % over pace, so a budget_authority warning on every
+report."""
 
 
-async def off_pace_only(reports: int) -> None:
-    """(e) alone: quick to repeat when comparing two versions of the writer's findings path."""
+async def sqlite_run(
+    directory: Path, reports: int, spend_micros: int
+) -> tuple[dict[str, float], float]:
+    url = f"sqlite+aiosqlite:///{directory / f'spend-{spend_micros}.db'}"
+    return await reckon_run(url, reports, spend_micros)
+
+
+async def alone(name: str, reports: int, spend_micros: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        result, rss = await off_pace_run(Path(tmp), reports)
-    print_run(OFF_PACE, result, rss)
+        result, rss = await sqlite_run(Path(tmp), reports, spend_micros)
+    print_run(name, result, rss)
 
 
 async def main(reports: int) -> None:
@@ -350,8 +357,8 @@ async def main(reports: int) -> None:
         storage = sqlite_bound(Path(tmp) / "bound.db", reports)
         both_rows = sqlite_bound(Path(tmp) / "both.db", reports, outcomes=True)
         handing_over = sqlite_bound(None, reports, outcomes=True)
-        sqlite, sqlite_rss = await reckon_run(f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}", reports)
-        off_pace, off_pace_rss = await off_pace_run(Path(tmp), reports)
+        sqlite, sqlite_rss = await sqlite_run(Path(tmp), reports, ON_PLAN_SPEND)
+        off_pace, off_pace_rss = await sqlite_run(Path(tmp), reports, OFF_PACE_SPEND)
     postgres = start_postgres(private=True)
     try:
         pg, pg_rss = await reckon_run(
@@ -368,7 +375,7 @@ async def main(reports: int) -> None:
     print(f"(b) sqlite3 executemany, 500/txn      {storage:>10,.0f} reports/s")
     print(f"    (b) with each outcome row as well {both_rows:>10,.0f} reports/s")
     print(f"    both rows, in memory, no key/index {handing_over:>9,.0f} reports/s")
-    print_run("(c) StreamDelivery on SQLite", sqlite, sqlite_rss)
+    print_run(SQLITE, sqlite, sqlite_rss)
     print_run("(d) StreamDelivery on PostgreSQL", pg, pg_rss)
     print_run(OFF_PACE, off_pace, off_pace_rss)
     print(
@@ -386,10 +393,14 @@ if __name__ == "__main__":
         "--producer-reports", type=int, default=500_000, help="reports per soak producer"
     )
     parser.add_argument("--crowd", type=int, default=0, help="this many producers, commits held")
-    parser.add_argument("--off-pace-only", action="store_true", help="run (e) alone")
+    alone_group = parser.add_mutually_exclusive_group()
+    alone_group.add_argument("--sqlite-only", action="store_true", help="run (c) alone")
+    alone_group.add_argument("--off-pace-only", action="store_true", help="run (e) alone")
     arguments = parser.parse_args()
-    if arguments.off_pace_only:
-        asyncio.run(off_pace_only(arguments.reports))
+    if arguments.sqlite_only:
+        asyncio.run(alone(SQLITE, arguments.reports, ON_PLAN_SPEND))
+    elif arguments.off_pace_only:
+        asyncio.run(alone(OFF_PACE, arguments.reports, OFF_PACE_SPEND))
     elif arguments.soak:
         asyncio.run(soak(arguments.soak, arguments.producer_reports))
     elif arguments.crowd:
