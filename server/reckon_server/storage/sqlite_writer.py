@@ -204,8 +204,8 @@ def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
     ):
         # A transaction makes and drops tens of thousands of tuples (reports, rows, results).
         # Collecting after every 700 of them, as by default, doubled the time unpickling a
-        # batch takes and cost the writer 3-5 % of its time per report; what was imported and
-        # set up until now is left out of collections altogether.
+        # batch takes and cost the writer about 3 % of its time per report; what was imported
+        # and set up until now is left out of collections altogether.
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
         while True:
