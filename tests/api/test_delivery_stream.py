@@ -84,6 +84,8 @@ async def test_batches_are_acked_in_order_with_per_report_results(api: RunningSe
     kinds = [r.WhichOneof("result") for r in ack.results]
     assert kinds == ["accepted", "error", "error", "error", "accepted"]
     assert ack.results[0].accepted.outcome_id.startswith("out_")
+    # Findings land on their own report: only the last one reports an inconsistent CPM.
+    assert not any("CPM" in f.explanation for f in ack.results[0].accepted.findings)
     assert ack.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert ack.results[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     assert "MEDIA_BUY_NOT_FOUND" in str(ack.results[2].error.details[0].value)
