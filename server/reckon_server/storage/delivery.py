@@ -156,7 +156,8 @@ class CampaignFacts:
 class BatchApplied:
     """What a batch's transaction did, as it crosses back from the writer process pickled:
     plain ids and text already made for the rows, which pickle cheaply (finding objects cost
-    more to pickle than to compute, and a pair per report four times a bare id)."""
+    more to pickle than to compute, and an (id, findings) pair per report four times a bare
+    id)."""
 
     results: list[str | ReckonError]
     """Per report, in batch order: its outcome id, or why it was refused."""
