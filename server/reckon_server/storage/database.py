@@ -24,6 +24,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from reckon_server.errors import Reason, ReckonError, unavailable
+from reckon_server.storage import apsw_dbapi
 from reckon_server.storage.sqlite_writer import SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,10 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
 
 
 def sqlite_batch_engine(url: str) -> sa.Engine:
-    """The synchronous twin of the write engine, used by the writer process."""
+    """The synchronous twin of the write engine, used by the writer process, on apsw (see
+    `apsw_dbapi`)."""
     sync_url = sa.make_url(url).set(drivername="sqlite+pysqlite")
-    engine = sa.create_engine(sync_url, pool_size=1, max_overflow=0)
+    engine = sa.create_engine(sync_url, module=apsw_dbapi, pool_size=1, max_overflow=0)
     _configure_sqlite(engine, immediate=True)
     return engine
 

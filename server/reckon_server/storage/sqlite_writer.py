@@ -10,7 +10,8 @@ order they were sent; the server may send the next while the child applies the c
 so the child does not idle while a reply travels back and the next batch is put together.
 One thread sends and another reads the replies, which arrive in the order of the sends.
 
-The child runs nothing but these transactions, on a synchronous engine configured like the
+The child runs nothing but these transactions, on a synchronous engine over apsw (see
+`apsw_dbapi`: it binds and steps rows for much less CPU) configured like the
 server's own connections. It ends when the pipe closes, including when the server is killed.
 """
 
