@@ -8,6 +8,7 @@ file in one process can drop each other's locks.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,11 @@ def test_sqlite_errors_become_the_exceptions_sqlite3_raises(engine: sa.Engine) -
         conn.execute(sa.insert(_NOTES), _note("taken"))
     assert isinstance(duplicate.value.orig, apsw_dbapi.IntegrityError)
     assert "UNIQUE constraint failed: notes.title" in str(duplicate.value.orig)
+    # As the writer process sends it back to the server.
+    sent_back = pickle.loads(pickle.dumps(duplicate.value))
+    assert isinstance(sent_back, exc.IntegrityError)
+    assert isinstance(sent_back.orig, apsw_dbapi.IntegrityError)
+    assert str(sent_back.orig) == str(duplicate.value.orig)
 
     with pytest.raises(exc.OperationalError, match="no such table"), engine.begin() as conn:
         conn.exec_driver_sql("SELECT * FROM missing")
