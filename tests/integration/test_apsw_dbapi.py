@@ -120,20 +120,21 @@ def test_sqlite_errors_become_the_exceptions_sqlite3_raises(engine: sa.Engine) -
 
     with pytest.raises(exc.OperationalError, match="no such table"), engine.begin() as conn:
         conn.exec_driver_sql("SELECT * FROM missing")
-    with pytest.raises(exc.InterfaceError), engine.begin() as conn:
+    with pytest.raises(exc.ProgrammingError, match="object"), engine.begin() as conn:
         conn.exec_driver_sql("SELECT ?", (object(),))
-    with pytest.raises(exc.ProgrammingError), engine.begin() as conn:
+    with pytest.raises(exc.ProgrammingError, match="bindings"), engine.begin() as conn:
         conn.exec_driver_sql("SELECT ?, ?", (1,))
 
 
 def test_a_locked_database_is_an_operational_error(engine: sa.Engine) -> None:
-    """What the server reports as storage unavailable: the write lock held elsewhere."""
-    other = sqlite_batch_engine(str(engine.url))
-    holder, waiter = other.raw_connection(), engine.raw_connection()
+    """What the server reports as storage unavailable: the write lock held elsewhere for
+    longer than the connection's `timeout`."""
+    path = engine.url.database
+    assert path is not None
+    holder, waiter = engine.raw_connection(), apsw_dbapi.connect(path, timeout=0.05)
     try:
         holder.cursor().execute("BEGIN IMMEDIATE")
         cursor = waiter.cursor()
-        cursor.execute("PRAGMA busy_timeout=50")
         with pytest.raises(apsw_dbapi.OperationalError, match="database is locked"):
             cursor.execute("BEGIN IMMEDIATE")
         holder.rollback()
@@ -142,7 +143,17 @@ def test_a_locked_database_is_an_operational_error(engine: sa.Engine) -> None:
     finally:
         holder.close()
         waiter.close()
-        other.dispose()
+
+
+def test_a_uri_opens_the_database_as_it_says(engine: sa.Engine) -> None:
+    read_only = apsw_dbapi.connect(f"file:{engine.url.database}?mode=ro", uri=True)
+    try:
+        cursor = read_only.cursor()
+        assert cursor.execute("SELECT count(*) FROM notes").fetchall() == [(0,)]
+        with pytest.raises(apsw_dbapi.OperationalError, match="readonly"):
+            cursor.execute("DELETE FROM notes")
+    finally:
+        read_only.close()
 
 
 def test_a_closed_connection_is_a_disconnect(engine: sa.Engine) -> None:

@@ -102,15 +102,21 @@ def _translated() -> Iterator[None]:
         closed = isinstance(err, apsw.ConnectionClosedError)
         raise cls(_CLOSED if closed else str(err)) from err
     except TypeError as err:
-        # A parameter of a type SQLite cannot store.
-        raise InterfaceError(str(err)) from err
+        # apsw's refusal of a parameter of a type SQLite cannot store.
+        raise ProgrammingError(str(err)) from err
 
 
-def connect(database: str, **_pysqlite_options: Any) -> Connection:
-    """Open `database`; options meant for `sqlite3` (`check_same_thread`, `uri`) do not
-    apply: a writer connection never leaves its thread."""
+def connect(
+    database: str, *, timeout: float = 5.0, uri: bool = False, **_thread_options: Any
+) -> Connection:
+    """Open `database` as `sqlite3.connect` would: waiting up to `timeout` seconds for a lock,
+    and taking `database` as a `file:` URI if `uri`. `check_same_thread` does not apply: a
+    writer connection never leaves its thread."""
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     with _translated():
-        return Connection(apsw.Connection(database))
+        db = apsw.Connection(database, flags=flags | apsw.SQLITE_OPEN_URI if uri else flags)
+        db.set_busy_timeout(int(timeout * 1000))
+        return Connection(db)
 
 
 class Connection:
@@ -197,7 +203,8 @@ class Cursor:
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         with _translated():
-            return [row for _, row in zip(range(size or self.arraysize), self._rows, strict=False)]
+            count = self.arraysize if size is None else size
+            return [row for _, row in zip(range(count), self._rows, strict=False)]
 
     def fetchall(self) -> list[Any]:
         with _translated():
