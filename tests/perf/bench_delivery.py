@@ -8,7 +8,7 @@
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
 also printed with each report's outcome row inserted as well, both rows StreamDelivery writes,
 then both through apsw, as the server's writer process executes them, and both going into
-in-memory tables without keys: the sqlite3 module's own cost),
+in-memory tables without keys, through sqlite3 and through apsw: each driver's own cost),
 (c) StreamDelivery on SQLite, (d) StreamDelivery on PostgreSQL, (e) StreamDelivery on SQLite
 with every report off pace, so that each carries a finding. Batches of 500 from a client in a
 separate process. `--soak N` streams N reports to SQLite, from producers that each send
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,13 @@ def sqlite_bound(
     server's own tables; with `outcomes`, each report's outcome row too: both rows that
     StreamDelivery writes per report, and nothing else; `through_apsw`, with apsw instead of
     sqlite3. Without a `path`, both rows go into in-memory tables with no key or index: what
-    it costs the sqlite3 module to hand SQLite the rows, before any B-tree or disk."""
+    it costs the driver to hand SQLite the rows, before any B-tree or disk."""
     db: Any
+    connect: Callable[[str], Any] = (
+        apsw.Connection if through_apsw else partial(sqlite3.connect, isolation_level=None)
+    )
     if path is None:
-        db = sqlite3.connect(":memory:", isolation_level=None)
+        db = connect(":memory:")
         for table in (delivery_periods, plan_outcomes):
             db.execute(f"CREATE TABLE {table.name} ({', '.join(table.columns.keys())})")
     else:
@@ -143,11 +147,7 @@ def sqlite_bound(
         # Closed before the file is opened again: two SQLite libraries must never hold one file
         # at once in a process.
         engine.dispose()
-        db = (
-            apsw.Connection(str(path))
-            if through_apsw
-            else sqlite3.connect(path, isolation_level=None)
-        )
+        db = connect(str(path))
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
     base = 1_773_532_800_000_000
@@ -372,6 +372,7 @@ async def main(reports: int) -> None:
             Path(tmp) / "apsw.db", reports, outcomes=True, through_apsw=True
         )
         handing_over = sqlite_bound(None, reports, outcomes=True)
+        handing_over_apsw = sqlite_bound(None, reports, outcomes=True, through_apsw=True)
         sqlite, sqlite_rss = await sqlite_run(Path(tmp), reports, ON_PLAN_SPEND)
         off_pace, off_pace_rss = await sqlite_run(Path(tmp), reports, OFF_PACE_SPEND)
     postgres = start_postgres(private=True)
@@ -391,6 +392,7 @@ async def main(reports: int) -> None:
     print(f"    (b) with each outcome row as well {both_rows:>10,.0f} reports/s")
     print(f"    both rows, through apsw           {through_apsw:>10,.0f} reports/s")
     print(f"    both rows, in memory, no key/index {handing_over:>9,.0f} reports/s")
+    print(f"    the same, through apsw            {handing_over_apsw:>10,.0f} reports/s")
     print_run(SQLITE, sqlite, sqlite_rss)
     print_run("(d) StreamDelivery on PostgreSQL", pg, pg_rss)
     print_run(OFF_PACE, off_pace, off_pace_rss)
