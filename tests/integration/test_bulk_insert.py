@@ -54,6 +54,33 @@ async def test_an_upsert_keeps_the_last_row_of_each_key(database_url: str) -> No
         await database.dispose()
 
 
+async def test_many_rows_apply_in_order_across_the_statements_that_carry_them(
+    database_url: str,
+) -> None:
+    """SQLite inserts rows many to a statement, and the rest one at a time: a row refused
+    in either leaves none of the others, and the rows all arrive. Upserts of many rows keep
+    the last row of each key."""
+    database = Database(database_url)
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        upsert = BulkInsert(_ITEMS, conflict_key=("item_id",))
+        rows = [(f"k{n % 150:03d}", n, -n, f"row {n} ☕") for n in range(1000)]
+        await _write(database, upsert, rows)
+        last = {row[0]: row for row in rows}
+        assert await _stored(database) == sorted(last.values())
+        fresh = [(f"n{n:03d}", n, n, None) for n in range(400)]
+        with pytest.raises(sa.exc.IntegrityError):
+            await _write(database, BulkInsert(_ITEMS), [*fresh, ("k007", 0, 0, None)])
+        with pytest.raises(sa.exc.IntegrityError):
+            await _write(database, BulkInsert(_ITEMS), [*fresh[:100], fresh[1], *fresh[100:]])
+        assert await _stored(database) == sorted(last.values())
+        await _write(database, BulkInsert(_ITEMS), fresh)
+        assert await _stored(database) == sorted([*last.values(), *fresh])
+    finally:
+        await database.dispose()
+
+
 async def test_postgresql_refuses_rows_for_a_table_stored_in_another_column_order(
     postgres: PostgresServer,
 ) -> None:

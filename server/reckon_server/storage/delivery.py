@@ -39,7 +39,9 @@ from reckon_server.storage.sql import BulkInsert, BulkStatement, dialect_insert
 
 log = logging.getLogger(__name__)
 ACTIVE = 1
-# Rows are written whole, in their tables' column order.
+# Rows are written whole, in their tables' column order. A period not stored yet is inserted
+# (many rows to a statement, where an upsert goes one at a time), one restated is upserted.
+_INSERT_PERIODS = BulkInsert(delivery_periods)
 _UPSERT_PERIODS = BulkInsert(
     delivery_periods, conflict_key=("governance_context", "period_start", "period_end")
 )
@@ -349,7 +351,8 @@ class ApplyDeliveryBatches:
             ):
                 periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
 
-        period_rows: list[tuple[Any, ...]] = []
+        new_periods: list[tuple[Any, ...]] = []
+        restated_periods: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
         applied: list[BatchApplied] = []
         for batch in batches:
@@ -387,7 +390,8 @@ class ApplyDeliveryBatches:
                     continue
                 context = target.governance_context
                 period = (context, start_us, end_us)
-                change = spend - periods.get(period, 0)
+                previous = periods.get(period)
+                change = spend if previous is None else spend - previous
                 plan = target.plan
                 if plan.spend + change > MAX_PLAN_TOTAL_MICROS:
                     # One result per report so far: its count is this report's index.
@@ -409,7 +413,7 @@ class ApplyDeliveryBatches:
                 target.spend = total
                 periods[period] = spend
                 outcome_id = next(new_ids)
-                period_rows.append(
+                (new_periods if previous is None else restated_periods).append(
                     (
                         context,
                         start_us,
@@ -447,7 +451,9 @@ class ApplyDeliveryBatches:
                     done.findings[len(results)] = document
                 results.append(outcome_id)
             applied.append(done)
-        _UPSERT_PERIODS.write(conn, period_rows)
+        # A period inserted here and then restated is upserted after its insert.
+        _INSERT_PERIODS.write(conn, new_periods)
+        _UPSERT_PERIODS.write(conn, restated_periods)
         _INSERT_OUTCOMES.write(conn, outcome_rows)
         # A campaign is looked up only for a report that is then applied to it.
         _SET_CAMPAIGN_SPEND.write(
