@@ -27,7 +27,7 @@ from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
 from reckon_server.errors import Reason, ReckonError, Resource, internal, not_found
-from reckon_server.storage.governance import NEXT_TRAIL_AT, PLAN_SPEND, add_to_tallies
+from reckon_server.storage.governance import NEXT_TRAIL_AT, PLAN_SPEND, add_tallies
 from reckon_server.storage.schema import (
     campaigns,
     delivery_periods,
@@ -411,6 +411,8 @@ class ApplyDeliveryBatches:
                     continue
                 plan.spend += change
                 target.spend = total
+                target.outcomes_added += 1
+                target.findings_added += len(findings)
                 periods[period] = spend
                 outcome_id = next(new_ids)
                 (new_periods if previous is None else restated_periods).append(
@@ -459,7 +461,14 @@ class ApplyDeliveryBatches:
         _SET_CAMPAIGN_SPEND.write(
             conn, [(lookups.by_context[c].spend, c) for c in sorted(lookups.by_context)]
         )
-        add_to_tallies(conn, outcome_rows)
+        add_tallies(
+            conn,
+            [
+                (*target.tally_key, target.outcomes_added, target.findings_added)
+                for target in lookups.by_context.values()
+                if target.outcomes_added
+            ],
+        )
         return applied
 
     def _campaigns(
@@ -508,14 +517,19 @@ class _Plan:
 
 @dataclass(slots=True)
 class _Target:
-    """The campaign a report lands in: its rules, what its outcome rows copy, and its
-    delivered spend up to the report at hand."""
+    """The campaign a report lands in: its rules, what its outcome rows copy, its delivered
+    spend up to the report at hand, and the outcomes and findings this transaction adds to
+    its tally."""
 
     governance_context: str
     plan: _Plan
     findings: ReportRules
     purchase_type: int
     spend: int
+    tally_key: tuple[str, str, str, int]
+    """Its plan's tally of outcomes of its governed action and purchase type."""
+    outcomes_added: int = 0
+    findings_added: int = 0
 
 
 @dataclass
@@ -561,6 +575,7 @@ class _Lookups:
                 self.rules_of(facts),
                 campaign.purchase_type,
                 int(campaign.spend_micros),
+                (batch.org_id, report.plan_id, context, campaign.purchase_type),
             )
         return target
 

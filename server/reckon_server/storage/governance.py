@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -396,28 +395,19 @@ async def settle_check(conn: AsyncConnection, check_id: str, outcome_id: str) ->
 
 async def insert_outcome(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(sa.insert(plan_outcomes).values(**values))
-    await conn.run_sync(add_to_tallies, [tuple(values[c] for c in _OUTCOME_COLUMNS)])
+    tally = (*(values[c] for c in _TALLY_KEY), 1, values["findings_count"])
+    await conn.run_sync(add_tallies, [tally])
 
 
-def add_to_tallies(conn: sa.Connection, outcome_rows: Sequence[tuple[Any, ...]]) -> None:
-    """Add outcomes (whole rows, in the table's column order) to their plans' tallies, in the
-    transaction that inserts them. Every such transaction holds the plan's row lock, so on
-    PostgreSQL writers of one plan's tallies take turns rather than wait on each other in a
-    cycle."""
-    added: dict[tuple[Any, ...], list[int]] = {}
-    for row in outcome_rows:
-        tally = added.setdefault(_tally_key(row), [0, 0])
-        tally[0] += 1
-        tally[1] += row[_FINDINGS_AT]
-    _ADD_TO_TALLIES.write(conn, [(*key, *tally) for key, tally in added.items()])
+def add_tallies(conn: sa.Connection, tallies: Sequence[tuple[Any, ...]]) -> None:
+    """Add outcomes to their plans' tallies, in the transaction that inserts them: rows of
+    (org, plan, governance context, purchase type, outcomes, findings). Every such
+    transaction holds the plan's row lock, so on PostgreSQL writers of one plan's tallies
+    take turns rather than wait on each other in a cycle."""
+    _ADD_TO_TALLIES.write(conn, tallies)
 
 
-_OUTCOME_COLUMNS = tuple(plan_outcomes.columns.keys())
 _TALLY_KEY = ("org_id", "plan_id", "governance_context", "purchase_type")
-# A key of several columns comes back as a tuple of them, taken in C: this runs for every
-# streamed report.
-_tally_key = operator.itemgetter(*(_OUTCOME_COLUMNS.index(c) for c in _TALLY_KEY))
-_FINDINGS_AT = _OUTCOME_COLUMNS.index("findings_count")
 
 
 def _adding_to(tallies: sa.Table) -> BulkStatement:
