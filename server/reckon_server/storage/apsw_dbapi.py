@@ -126,6 +126,11 @@ class Connection:
     def __init__(self, db: apsw.Connection) -> None:
         self._db = db
 
+    @property
+    def apsw_connection(self) -> apsw.Connection:
+        """The apsw connection underneath, for what DB-API has no word for."""
+        return self._db
+
     def cursor(self) -> Cursor:
         with _translated():
             return Cursor(self._db)

@@ -12,7 +12,9 @@ One thread sends and another reads the replies, which arrive in the order of the
 
 The child runs nothing but these transactions, on a synchronous engine over apsw (see
 `apsw_dbapi`: it binds and steps rows for much less CPU) configured like the
-server's own connections. It ends when the pipe closes, including when the server is killed.
+server's own connections, and copies the write-ahead log back into the database on a thread
+of its own (see `WalCheckpointer`). It ends when the pipe closes, including when the server
+is killed.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ import pickle
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
+import apsw
 import sqlalchemy as sa
+
+from reckon_server.storage import apsw_dbapi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,6 +207,7 @@ def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
     with (
         contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError),
         engine.connect() as conn,
+        _checkpointing(conn),
     ):
         # A transaction makes and drops tens of thousands of tuples (reports, rows, results).
         # Collecting after every 700 of them, as by default, doubled the time unpickling a
@@ -223,6 +229,96 @@ def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
                 reply = _failure(err)
             pipe.send_bytes(reply)
     engine.dispose()
+
+
+class WalCheckpointer:
+    """Copies a writer connection's write-ahead log back into the database on a thread of
+    its own, rather than in the commits of the writer, as SQLite would by default.
+
+    Each time the log has grown by `pages` since it was last copied, the thread copies it,
+    on a connection of its own, without waiting for readers (a passive checkpoint); SQLite
+    releases the GIL all the while. The log starts over from its beginning only at a
+    transaction that begins once all of it is copied, which a writer that never pauses
+    rarely does: once the log holds `restart_pages`, the writer copies the rest itself after
+    its commit, so that its next transaction starts it over. A checkpoint that fails leaves
+    the log as it was, for the next to copy; a commit never fails for one.
+    """
+
+    def __init__(self, writer: apsw.Connection, *, pages: int, restart_pages: int) -> None:
+        self._pages = pages
+        self._restart_pages = restart_pages
+        self._copied_at = 0
+        """How many pages the log held when the thread was last asked to copy it."""
+        self._db = apsw.Connection(writer.filename, flags=apsw.SQLITE_OPEN_READWRITE)
+        # A connection finds the log when it first reads; until then it checkpoints nothing.
+        self._db.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+        self._copying = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="reckon-sqlite-checkpoint")
+        self._thread.start()
+        self._writer = writer
+        writer.set_wal_hook(self._committed)
+
+    def close(self) -> None:
+        self._writer.set_wal_hook(None)
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+        self._db.close()
+
+    def _committed(self, writer: apsw.Connection, _name: str, pages: int) -> int:
+        try:
+            if pages >= self._restart_pages:
+                with self._copying:
+                    _checkpoint(writer)
+                self._copied_at = 0
+            elif pages - self._copied_at >= self._pages or pages < self._copied_at:
+                self._copied_at = pages
+                self._wake.set()
+        except Exception:
+            log.exception("the SQLite write-ahead log hook failed")
+        # Anything else would report the commit, which has taken place, as failed.
+        return apsw.SQLITE_OK
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            with self._copying:
+                _checkpoint(self._db)
+
+
+def _checkpoint(db: apsw.Connection) -> None:
+    try:
+        db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    except apsw.BusyError:
+        pass  # another connection is copying the log: the next checkpoint goes on from there
+    except apsw.Error:
+        log.warning("a checkpoint of the SQLite write-ahead log failed", exc_info=True)
+
+
+@contextlib.contextmanager
+def _checkpointing(conn: sa.Connection) -> Iterator[None]:
+    """`conn`'s log copied by a `WalCheckpointer` while the block runs."""
+    dbapi_connection = conn.connection.dbapi_connection
+    assert isinstance(dbapi_connection, apsw_dbapi.Connection)
+    checkpointer = WalCheckpointer(
+        dbapi_connection.apsw_connection, pages=_CHECKPOINT_PAGES, restart_pages=_RESTART_PAGES
+    )
+    try:
+        yield
+    finally:
+        checkpointer.close()
+
+
+_CHECKPOINT_PAGES = 1000
+"""SQLite's own default: about 4 MiB of log at its default page size."""
+_RESTART_PAGES = 8000
+"""About 32 MiB of log: past that the writer copies it itself, as SQLite would by default
+past `_CHECKPOINT_PAGES`, but seldom and with most of it already copied."""
 
 
 def _failure(err: Exception) -> bytes:
