@@ -84,7 +84,7 @@ class BulkInsert(BulkStatement):
     OR FAIL: a statement of several rows that may abort halfway has SQLite first copy every
     stored page it changes to a statement journal, so as to undo only its own rows, while
     one that fails keeps the rows before it, which the transaction then rolls back with
-    everything else (nothing here goes on in a transaction after a failed statement). An
+    everything else (no caller goes on with a transaction after a failed statement). An
     upsert goes one row at a time: the NOT NULL checks of its DO UPDATE abort. PostgreSQL
     would plan and run that statement once per row; it gets one INSERT ... SELECT over
     `unnest` of a single array of the table's own row type instead, which costs it about half
