@@ -331,7 +331,7 @@ class ApplyDeliveryBatches:
                     row.owner_id,
                     row.status,
                     row.plan_hash,
-                    self._terms_of(row.document),
+                    _terms(self._terms_of, row),
                     spend,
                     int(last) - count + 1,
                 )
@@ -578,6 +578,23 @@ class _Lookups:
                 (batch.org_id, report.plan_id, context, campaign.purchase_type),
             )
         return target
+
+
+def _terms(terms_of: TermsOf, plan: Any) -> Any:
+    """The terms of a plan row, parsed from its document once per plan hash (the hash is that
+    of the document) while the process lives: every transaction reads its plans, and parsing
+    a document took as long as the plan's three statements together."""
+    key = (terms_of, plan.plan_hash)
+    terms = _terms_by_hash.get(key)
+    if terms is None:
+        if len(_terms_by_hash) >= _TERMS_KEPT:
+            _terms_by_hash.clear()
+        terms = _terms_by_hash[key] = terms_of(plan.document)
+    return terms
+
+
+_TERMS_KEPT = 1024
+_terms_by_hash: dict[tuple[TermsOf, str], Any] = {}
 
 
 def _time_ranges(batches: Sequence[StreamBatch]) -> list[tuple[int, int]]:
