@@ -9,7 +9,7 @@ file in one process can drop each other's locks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
@@ -45,9 +45,9 @@ def _log_frames(db: apsw.Connection) -> int:
     return db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)[0]
 
 
-def _until(condition: object, seconds: float = 10.0) -> None:
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
