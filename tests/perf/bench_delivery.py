@@ -16,7 +16,8 @@ separate process. `--soak N` streams N reports to SQLite, from producers that ea
 `--producer-reports` on a connection of their own, one after another, and prints as it goes
 the RSS of the server and of its child processes (the SQLite writer and multiprocessing's
 resource tracker), and how long GetPlanAuditLogs takes over the growing plan: its first page
-(the summary and 1,000 entries) and its next page of 1,000 entries. `--crowd N` has N
+(the summary and 1,000 entries) and its next page of 1,000 entries, and the size of the WAL
+file (the most the log has held). `--crowd N` has N
 producers each send 20 batches of 1,000 reports while another connection holds SQLite's
 write lock, then lets the backlog commit, and prints the server's RSS before, while held and
 at its peak. `--sqlite-only` and `--off-pace-only` run (c) or (e) alone: quick to repeat when
@@ -265,7 +266,11 @@ async def audit_log_latency(target: str, key: str) -> tuple[float, float]:
 async def soak(reports: int, producer_reports: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         admin = new_secret()
-        server = await start_reckon(f"sqlite+aiosqlite:///{Path(tmp) / 'soak.db'}", admin)
+        database = Path(tmp) / "soak.db"
+        # SQLite reuses its WAL file from the start and never shrinks it: its size is the
+        # longest the log has grown.
+        wal = database.with_name(database.name + "-wal")
+        server = await start_reckon(f"sqlite+aiosqlite:///{database}", admin)
         try:
             key = await prepare(server, admin)
             report_every = max(1, 50_000 // producer_reports)
@@ -282,7 +287,8 @@ async def soak(reports: int, producer_reports: int) -> None:
                     f"RSS {own + sum(children):.0f} MiB (server {own:.0f} + "
                     f"{' + '.join(f'{child:.0f}' for child in children)}; "
                     f"peak {server.peak_rss_mib():.0f} MiB)  "
-                    f"audit log: first page {summary_ms:,.0f} ms, next {page_ms:,.0f} ms",
+                    f"audit log: first page {summary_ms:,.0f} ms, next {page_ms:,.0f} ms  "
+                    f"WAL {wal.stat().st_size / 2**20:.1f} MiB",
                     flush=True,
                 )
         finally:
