@@ -78,8 +78,8 @@ class BulkInsert(BulkStatement):
     column.
 
     SQLite runs the row statement through executemany, which for every set of values resets
-    the statement and (with apsw) looks it up in its cache by the hash of its text: for a
-    row of a plain insert, a third of what it costs. A plain insert therefore takes as many
+    the statement and (with apsw) looks it up in its cache by the hash of its text: a large
+    share of what a row of a plain insert costs. A plain insert therefore takes as many
     rows a statement as `_VALUES_PER_INSERT` allows (and the rest one at a time), as INSERT
     OR FAIL: a statement of several rows that may abort halfway has SQLite first copy every
     stored page it changes to a statement journal, so as to undo only its own rows, while
