@@ -37,6 +37,21 @@ class Refuse:
         raise ReckonError(Reason.CAMPAIGN_SUSPENDED, "no", {"plan_id": "p"}, retry_after_seconds=2)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A transaction that pickles but cannot be unpickled."""
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        raise AssertionError("never run")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse_to_load, ("this transaction cannot be read",))
+
+
+def refuse_to_load(message: str) -> Any:
+    raise ValueError(message)
+
+
 def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
     path = tmp_path / "writer.db"
     with sqlite3.connect(path) as db:
@@ -51,6 +66,16 @@ def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
         assert refused.value.reason is Reason.CAMPAIGN_SUSPENDED
         assert refused.value.metadata == {"plan_id": "p"}
         assert refused.value.retry_after_seconds == 2
+
+        # A transaction the child cannot unpickle fails alone, and the replies to those
+        # sent around it keep the order of the sends.
+        sent = [
+            writer.submit(work)
+            for work in (Insert("first"), Unreadable(), Insert("second"), Insert("third"))
+        ]
+        assert [sent[i].result() for i in (0, 2, 3)] == ["first", "second", "third"]
+        with pytest.raises(ValueError, match="cannot be read"):
+            sent[1].result()
 
         # A writer that dies between transactions loses nothing: the next one gets a new one.
         kill(writer)
@@ -73,6 +98,9 @@ def test_results_errors_and_a_replaced_writer(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert [v for (v,) in db.execute("SELECT value FROM notes")] == [
             "kept",
+            "first",
+            "second",
+            "third",
             "after an idle death",
             "after",
         ]
