@@ -249,7 +249,11 @@ class WalCheckpointer:
         self._restart_pages = restart_pages
         self._copied_at = 0
         """How many pages the log held when the thread was last asked to copy it."""
-        self._db = apsw.Connection(writer.filename, flags=apsw.SQLITE_OPEN_READWRITE)
+        # Used by the thread alone (opened and closed while it does not run), so without
+        # SQLite's mutex, like the writer's (see `apsw_dbapi.connect`).
+        self._db = apsw.Connection(
+            writer.filename, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOMUTEX
+        )
         # A connection finds the log when it first reads; until then it checkpoints nothing.
         self._db.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
         self._copying = threading.Lock()
