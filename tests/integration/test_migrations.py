@@ -16,6 +16,7 @@ from reckon_server.storage.schema import (
     Base,
     check_tallies,
     checks,
+    delivery_periods,
     orgs,
     outcome_tallies,
     plan_outcomes,
@@ -213,3 +214,35 @@ async def test_check_tallies_start_from_the_checks_already_stored(database_url: 
         ("p", "gc_a", 2, 1, 1, 0),
         ("q", "gc_a", 1, 1, 1, 0),
     }
+
+
+async def test_delivery_periods_keep_their_rows_keyed_by_time_first(database_url: str) -> None:
+    period = {
+        "org_id": "org",
+        "plan_id": "p",
+        "spend_micros": 5_000_000,
+        "impressions": 1_000,
+        "cpm_micros": 5_000_000,
+        "viewability_rate": 0.5,
+        "completion_rate": None,
+        "updated_at": 7,
+    }
+    stored = [
+        {**period, "governance_context": "gc_b", "period_start": 0, "period_end": 60},
+        {**period, "governance_context": "gc_a", "period_start": 60, "period_end": 120},
+        {**period, "governance_context": "gc_a", "period_start": 0, "period_end": 60},
+    ]
+    for n, row in enumerate(stored):
+        row["outcome_id"] = f"out_{n}"
+
+    async def store(conn: AsyncConnection) -> None:
+        await conn.execute(sa.insert(delivery_periods), stored)
+
+    async def read(conn: AsyncConnection) -> tuple[list[dict[str, object]], list[str]]:
+        rows = await conn.execute(sa.select(delivery_periods).order_by("outcome_id"))
+        key = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("delivery_periods"))
+        return [dict(row._mapping) for row in rows], key["constrained_columns"]
+
+    rows, key = await upgraded_over(database_url, "0008", store, read)
+    assert rows == stored
+    assert key == ["period_start", "governance_context", "period_end"]

@@ -272,13 +272,18 @@ class CheckTallyRow(Base):
 
 class DeliveryPeriodRow(Base):
     """Absolute delivery totals of one campaign for one reporting period: re-sending a
-    period replaces it, so spend is never counted twice."""
+    period replaces it, so spend is never counted twice.
+
+    Keyed by time first: a live stream's transactions add periods of the same recent hours
+    for all of their campaigns, which then go in together at the end of the key's index
+    instead of into a leaf of their own per campaign."""
 
     __tablename__ = "delivery_periods"
+    __table_args__ = (sa.PrimaryKeyConstraint("period_start", "governance_context", "period_end"),)
 
-    governance_context: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    period_start: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
-    period_end: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    governance_context: Mapped[str] = mapped_column(sa.String(64))
+    period_start: Mapped[int] = mapped_column(sa.BigInteger)
+    period_end: Mapped[int] = mapped_column(sa.BigInteger)
     org_id: Mapped[str] = mapped_column(sa.String(64))
     plan_id: Mapped[str] = mapped_column(sa.String(255))
     spend_micros: Mapped[int] = mapped_column(sa.BigInteger)
