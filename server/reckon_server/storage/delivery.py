@@ -343,9 +343,10 @@ class ApplyDeliveryBatches:
         periods: dict[tuple[str, int, int], int] = {}
         for first, last in _time_ranges(batches) if contexts else ():
             # Periods this transaction may replace: the campaigns' rows within the time range
-            # of each batch (usually few or none; new periods are not stored yet). Batches of
-            # streams far apart in time (a backfill beside a live feed) would otherwise span
-            # every row stored between them.
+            # of each batch (usually few or none; new periods are not stored yet). The key
+            # orders periods by time, so the read passes over every campaign's periods of the
+            # range and keeps these campaigns'. Batches of streams far apart in time (a
+            # backfill beside a live feed) would otherwise span every row stored between them.
             for row in conn.execute(
                 _STORED_PERIODS, {"contexts": contexts, "first": first, "last": last}
             ):
