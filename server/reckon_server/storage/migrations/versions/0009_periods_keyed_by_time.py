@@ -28,26 +28,17 @@ def downgrade() -> None:
 
 
 def _rekey(*key: str) -> None:
-    """Rebuild the table with `key` as its primary key: the same columns in the same order
-    (ingest writes whole rows by position) and the same rows. SQLite cannot change a
-    table's primary key in place."""
-    postgresql = op.get_bind().dialect.name == "postgresql"
+    """Rebuild the table with `key` as its primary key: the columns it stores, in their order
+    (ingest writes whole rows by position), and its rows. SQLite cannot change a table's
+    primary key in place."""
+    bind = op.get_bind()
+    stored = sa.Table("delivery_periods", sa.MetaData(), autoload_with=bind)
+    postgresql = bind.dialect.name == "postgresql"
     # PostgreSQL names the key's index after the key, and the old table's holds that name.
     name = "pk_delivery_periods_rekeyed" if postgresql else "pk_delivery_periods"
     op.create_table(
         "delivery_periods_rekeyed",
-        sa.Column("governance_context", sa.String(64), nullable=False),
-        sa.Column("period_start", sa.BigInteger, nullable=False),
-        sa.Column("period_end", sa.BigInteger, nullable=False),
-        sa.Column("org_id", sa.String(64), nullable=False),
-        sa.Column("plan_id", sa.String(255), nullable=False),
-        sa.Column("spend_micros", sa.BigInteger, nullable=False),
-        sa.Column("impressions", sa.BigInteger, nullable=False),
-        sa.Column("cpm_micros", sa.BigInteger, nullable=True),
-        sa.Column("viewability_rate", sa.Float, nullable=True),
-        sa.Column("completion_rate", sa.Float, nullable=True),
-        sa.Column("outcome_id", sa.String(64), nullable=False),
-        sa.Column("updated_at", sa.BigInteger, nullable=False),
+        *(sa.Column(c.name, c.type, nullable=c.nullable) for c in stored.columns),
         sa.PrimaryKeyConstraint(*key, name=name),
     )
     op.execute("INSERT INTO delivery_periods_rekeyed SELECT * FROM delivery_periods")
