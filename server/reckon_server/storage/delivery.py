@@ -140,6 +140,28 @@ class StreamBatch:
     """Reports that failed validation are carried as their error, in batch order."""
     now: datetime
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Reports cross to the SQLite writer process as plain tuples: pickle calls back into
+        # Python for every named tuple, which was most of what pickling a batch cost.
+        reports = [tuple(r) if type(r) is StreamReport else r for r in self.reports]
+        fields = (self.org_id, self.principal_id, self.stream_id, self.generation, self.seq)
+        return (_unpickled_batch, ((*fields, self.now), reports))
+
+
+def _unpickled_batch(
+    fields: tuple[str, str, str, int, int, datetime], reports: list[tuple[Any, ...] | ReckonError]
+) -> StreamBatch:
+    org_id, principal_id, stream_id, generation, seq, now = fields
+    return StreamBatch(
+        org_id,
+        principal_id,
+        stream_id,
+        generation,
+        seq,
+        [r if isinstance(r, ReckonError) else StreamReport._make(r) for r in reports],
+        now,
+    )
+
 
 @dataclass(frozen=True)
 class CampaignFacts:
