@@ -179,7 +179,9 @@ async def test_reservations_bound_concurrent_approvals(buyer: Buyer) -> None:
 
 
 async def test_reservations_end_when_checks_expire(database_url: str) -> None:
-    api = await RunningServer.start(database_url, check_ttl_seconds=0.5)
+    # Long enough that a loaded machine still makes the second check before the first expires.
+    ttl = 3.0
+    api = await RunningServer.start(database_url, check_ttl_seconds=ttl)
     try:
         buyer = Buyer(api, await api.register("short-lived"))
         await buyer.sync(plan("p", 100_000))
@@ -187,7 +189,7 @@ async def test_reservations_end_when_checks_expire(database_url: str) -> None:
             pb.GOVERNANCE_DECISION_APPROVED
         )
         assert (await buyer.check("p", seed_payload(1))).status == pb.GOVERNANCE_DECISION_DENIED
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(ttl + 0.2)
         assert (await buyer.state("p")).reserved_micros == 0
         assert (await buyer.check("p", seed_payload(100_000))).status == (
             pb.GOVERNANCE_DECISION_APPROVED
