@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database maintenance").add_subparsers(required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(run=_db_upgrade)
+    downgrade = db.add_parser(
+        "downgrade",
+        help="undo the migrations after REVISION, for an earlier server version",
+        description="Undo the schema migrations after REVISION (e.g. 0008), so that the server "
+        "version of that revision runs again. What those migrations added is dropped.",
+    )
+    downgrade.add_argument("revision", help="the revision to go back to, or 'base'")
+    downgrade.set_defaults(run=_db_downgrade)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(required=True)
     create = keys.add_parser("create", help="create a key and print it once")
@@ -241,6 +249,15 @@ async def _db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     database = Database(settings.database_url)
     try:
         print(f"schema at revision {await migrate.upgrade(database)}")
+    finally:
+        await database.dispose()
+    return 0
+
+
+async def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    database = Database(settings.database_url)
+    try:
+        print(f"schema at revision {await migrate.downgrade(database, args.revision)}")
     finally:
         await database.dispose()
     return 0

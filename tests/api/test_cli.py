@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from google.protobuf import struct_pb2
@@ -18,6 +19,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reckon.v1 import admin_service_pb2, audit_service_pb2
+from reckon_server.storage import migrate
 from tests.support.api import RunningServer, Stubs, bearer
 
 RECKON = [sys.executable, "-m", "reckon_server.cli"]
@@ -84,14 +86,14 @@ async def test_first_serve_prints_an_admin_key_once_and_sigterm_drains(tmp_path:
     assert "rk_" not in (await process.stderr.read()).decode()
 
 
-async def test_db_upgrade_and_key_commands(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+def cli_on(database: Path) -> Callable[..., Awaitable[tuple[int, str, str]]]:
+    """`reckon --database-url <database> ARGS...`, run to its end: exit code, stdout, stderr."""
 
     async def run(*args: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
             *RECKON,
             "--database-url",
-            url,
+            f"sqlite+aiosqlite:///{database}",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -100,6 +102,11 @@ async def test_db_upgrade_and_key_commands(tmp_path: Path) -> None:
         assert process.returncode is not None
         return process.returncode, out.decode(), err.decode()
 
+    return run
+
+
+async def test_db_upgrade_and_key_commands(tmp_path: Path) -> None:
+    run = cli_on(tmp_path / "keys.db")
     code, out, _ = await run("db", "upgrade")
     assert code == 0
     assert "schema at revision" in out
@@ -116,6 +123,22 @@ async def test_db_upgrade_and_key_commands(tmp_path: Path) -> None:
     code, _, err = await run("keys", "create", "--agent", "bad name!")
     assert code == 2
     assert "name" in err
+
+
+async def test_db_downgrade_goes_back_to_a_revision_and_upgrade_returns(tmp_path: Path) -> None:
+    run = cli_on(tmp_path / "down.db")
+    head = f"schema at revision {migrate.head_revision()}\n"
+    code, out, _ = await run("db", "upgrade")
+    assert (code, out) == (0, head)
+    code, out, err = await run("db", "downgrade", "0008")
+    assert (code, out) == (0, "schema at revision 0008\n")
+    assert "Running downgrade 0009 -> 0008" in err
+    for ahead_or_unknown in ("0009", "no-such-revision"):
+        code, _, err = await run("db", "downgrade", ahead_or_unknown)
+        assert code == 2
+        assert f"cannot downgrade to {ahead_or_unknown!r}" in err
+    code, out, _ = await run("db", "upgrade")
+    assert (code, out) == (0, head)
 
 
 async def test_export_verify_and_agents_list(api: RunningServer, tmp_path: Path) -> None:

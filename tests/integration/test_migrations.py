@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
+from unittest.mock import ANY
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -216,21 +217,31 @@ async def test_check_tallies_start_from_the_checks_already_stored(database_url: 
     }
 
 
+PERIOD = {
+    "org_id": "org",
+    "plan_id": "p",
+    "period_end": 120,
+    "spend_micros": 5_000_000,
+    "impressions": 1_000,
+    "cpm_micros": 5_000_000,
+    "viewability_rate": 0.5,
+    "completion_rate": None,
+    "updated_at": 7,
+}
+
+
+async def periods_and_key(conn: AsyncConnection) -> tuple[list[dict[str, object]], list[str]]:
+    """Every stored delivery period, by outcome id, and the table's primary key."""
+    rows = await conn.execute(sa.select(delivery_periods).order_by("outcome_id"))
+    key = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("delivery_periods"))
+    return [dict(row._mapping) for row in rows], key["constrained_columns"]
+
+
 async def test_delivery_periods_keep_their_rows_keyed_by_time_first(database_url: str) -> None:
-    period = {
-        "org_id": "org",
-        "plan_id": "p",
-        "spend_micros": 5_000_000,
-        "impressions": 1_000,
-        "cpm_micros": 5_000_000,
-        "viewability_rate": 0.5,
-        "completion_rate": None,
-        "updated_at": 7,
-    }
     stored = [
-        {**period, "governance_context": "gc_b", "period_start": 0, "period_end": 60},
-        {**period, "governance_context": "gc_a", "period_start": 60, "period_end": 120},
-        {**period, "governance_context": "gc_a", "period_start": 0, "period_end": 60},
+        {**PERIOD, "governance_context": "gc_b", "period_start": 0, "period_end": 60},
+        {**PERIOD, "governance_context": "gc_a", "period_start": 60, "period_end": 120},
+        {**PERIOD, "governance_context": "gc_a", "period_start": 0, "period_end": 60},
     ]
     for n, row in enumerate(stored):
         row["outcome_id"] = f"out_{n}"
@@ -238,11 +249,68 @@ async def test_delivery_periods_keep_their_rows_keyed_by_time_first(database_url
     async def store(conn: AsyncConnection) -> None:
         await conn.execute(sa.insert(delivery_periods), stored)
 
-    async def read(conn: AsyncConnection) -> tuple[list[dict[str, object]], list[str]]:
-        rows = await conn.execute(sa.select(delivery_periods).order_by("outcome_id"))
-        key = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("delivery_periods"))
-        return [dict(row._mapping) for row in rows], key["constrained_columns"]
-
-    rows, key = await upgraded_over(database_url, "0008", store, read)
+    rows, key = await upgraded_over(database_url, "0008", store, periods_and_key)
     assert rows == stored
     assert key == ["period_start", "governance_context", "period_end"]
+
+
+async def test_delivery_periods_keep_their_rows_keyed_by_campaign_again(database_url: str) -> None:
+    """Downgrading 0009 gives the campaign-first key back, with every row."""
+    stored = [
+        {**PERIOD, "governance_context": "gc_b", "period_start": 0, "outcome_id": "out_0"},
+        {**PERIOD, "governance_context": "gc_a", "period_start": 60, "outcome_id": "out_1"},
+    ]
+    database = Database(database_url)
+    try:
+        await migrate.upgrade(database)
+        async with database.write() as conn:
+            await conn.execute(sa.insert(delivery_periods), stored)
+        assert await migrate.downgrade(database, "0008") == "0008"
+        async with database.read() as conn:
+            rows, key = await periods_and_key(conn)
+    finally:
+        await database.dispose()
+    assert rows == stored
+    assert key == ["governance_context", "period_start", "period_end"]
+
+
+async def schema_of(conn: AsyncConnection) -> dict[str, object]:
+    """Each table's columns, primary key and indexes, as the database reports them."""
+
+    def inspect(sync_conn: sa.Connection) -> dict[str, object]:
+        inspector = sa.inspect(sync_conn)
+        return {
+            table: (
+                {(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)},
+                inspector.get_pk_constraint(table)["constrained_columns"],
+                {
+                    (i["name"], tuple(i["column_names"]), i["unique"])
+                    for i in inspector.get_indexes(table)
+                },
+            )
+            for table in inspector.get_table_names()
+        }
+
+    return await conn.run_sync(inspect)
+
+
+async def test_every_migration_downgrades_to_the_schema_before_it(database_url: str) -> None:
+    """From each revision, a step down gives back the schema of the revision before, and a
+    step up again the revision's own."""
+    database = Database(database_url)
+    try:
+        before = None
+        for number in range(1, int(migrate.head_revision()) + 1):
+            revision, previous = f"{number:04d}", f"{number - 1:04d}" if number > 1 else "base"
+            await migrate.upgrade(database, revision)
+            async with database.read() as conn:
+                after = await schema_of(conn)
+            assert await migrate.downgrade(database, previous) == (before and previous)
+            async with database.read() as conn:
+                assert await schema_of(conn) == (before or {"alembic_version": ANY}), revision
+            await migrate.upgrade(database, revision)
+            async with database.read() as conn:
+                assert await schema_of(conn) == after, revision
+            before = after
+    finally:
+        await database.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -9,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from reckon_server.storage.database import Database
 
@@ -31,13 +33,18 @@ def head_revision() -> str:
 
 async def upgrade(database: Database, revision: str = "head") -> str:
     """Bring the schema to `revision` (the newest by default); returns that revision."""
-    async with database.engine.begin() as conn:
-        if not database.is_sqlite:
-            await conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
-            )
-        await conn.run_sync(_upgrade, revision)
+    await _migrate(database, command.upgrade, revision)
     return head_revision() if revision == "head" else revision
+
+
+async def downgrade(database: Database, revision: str) -> str | None:
+    """Undo the migrations after `revision` ("base" undoes them all), so that a server version
+    of that revision runs again; returns the revision the schema is then at."""
+    try:
+        await _migrate(database, command.downgrade, revision)
+    except CommandError as err:  # an unknown revision, or one the schema is not past
+        raise ValueError(f"cannot downgrade to {revision!r}: {err}") from err
+    return await current_revision(database)
 
 
 async def current_revision(database: Database) -> str | None:
@@ -47,7 +54,16 @@ async def current_revision(database: Database) -> str | None:
         )
 
 
-def _upgrade(connection: sa.Connection, revision: str) -> None:
+async def _migrate(database: Database, step: Callable[[Config, str], None], revision: str) -> None:
+    async with database.engine.begin() as conn:
+        if not database.is_sqlite:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+            )
+        await conn.run_sync(_run, step, revision)
+
+
+def _run(connection: sa.Connection, step: Callable[[Config, str], None], revision: str) -> None:
     config = _config()
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    step(config, revision)
