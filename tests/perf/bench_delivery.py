@@ -236,11 +236,17 @@ async def reckon_run(
     try:
         key = await prepare(server, admin)
         before, database_before = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
+        thread_before = server.writer_thread_seconds()
         result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
         after, database_after = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
+        thread_after = server.writer_thread_seconds()
         result["server_cores"] = (after[0] - before[0]) / result["seconds"]
         result["writer_cores"] = (after[1] - before[1]) / result["seconds"]
         result["database_cores"] = (database_after - database_before) / result["seconds"]
+        if thread_before and thread_after:
+            running, waiting = (b - a for a, b in zip(thread_before, thread_after, strict=True))
+            result["writer_running"] = running / result["seconds"]
+            result["writer_waiting"] = waiting / result["seconds"]
         return result, server.peak_rss_mib()
     finally:
         await server.stop()
@@ -373,6 +379,15 @@ def print_run(name: str, result: dict[str, float], rss: float) -> None:
         f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}, "
         f"load generator {result['client_cores']:.2f}"
     )
+    if "writer_running" in result:
+        # What is left of the run is when the thread had nothing to run: an fsync, or no
+        # transaction yet in its pipe.
+        blocked = 1 - result["writer_running"] - result["writer_waiting"]
+        print(
+            f"{'':<37} the writer's main thread: running {result['writer_running']:.2f} "
+            f"of the run, waiting for a core {result['writer_waiting']:.2f}, "
+            f"blocked {blocked:.2f}"
+        )
 
 
 OFF_PACE_SPEND = 2 * ON_PLAN_SPEND

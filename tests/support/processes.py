@@ -68,6 +68,23 @@ class ServerProcess:
         server's own first."""
         return self._status_mib_each("VmRSS:")
 
+    def writer_thread_seconds(self) -> tuple[float, float] | None:
+        """How long the main thread of the SQLite writer process has run on a core so far,
+        and how long it has waited, runnable, for one (the kernel's schedstat); None without
+        a writer process or without schedstat."""
+        pid = self.process.pid
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            try:
+                # multiprocessing's resource tracker is a child too.
+                if b"spawn_main" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    continue
+                schedstat = Path(f"/proc/{child}/task/{child}/schedstat").read_text()
+            except FileNotFoundError:
+                continue
+            running, waiting, _ = schedstat.split()
+            return int(running) / 1e9, int(waiting) / 1e9
+        return None
+
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the server process, and by its live child processes (the
         SQLite writer) together."""
