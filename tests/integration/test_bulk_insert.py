@@ -1,4 +1,5 @@
-"""BulkInsert, how group commit writes its rows, on both backends."""
+"""BulkInsert and DriverQuery, how group commit writes its rows and reads what each
+transaction needs, on both backends."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from reckon_server.storage.database import Database
-from reckon_server.storage.sql import BulkInsert
+from reckon_server.storage.sql import BulkInsert, DriverQuery
 from tests.support.postgres import PostgresServer
 
 _METADATA = sa.MetaData()
@@ -116,5 +117,51 @@ async def test_postgresql_refuses_a_value_longer_than_its_column(
         with pytest.raises(sa.exc.DBAPIError, match="too long"):
             await _write(database, BulkInsert(_ITEMS), [("a" * 17, 1, 2, None)])
         assert await _stored(database) == []
+    finally:
+        await database.dispose()
+
+
+_LOW_OF = DriverQuery(
+    sa.select(_ITEMS.c.item_id, sa.func.coalesce(_ITEMS.c.note, "none"), _ITEMS.c.low)
+    .where(_ITEMS.c.item_id.in_(sa.bindparam("ids", expanding=True)))
+    .where(_ITEMS.c.low >= sa.bindparam("at_least"))
+    .order_by(_ITEMS.c.item_id)
+)
+_SET_LOW = DriverQuery(
+    sa.update(_ITEMS).where(_ITEMS.c.item_id == sa.bindparam("id")).values(low=sa.bindparam("low"))
+)
+
+
+async def test_a_driver_query_takes_lists_of_any_length_and_keeps_its_literals(
+    database_url: str,
+) -> None:
+    """Each length of a list is its own statement; the statement's literals (the "none" of
+    its coalesce) are bound with it, and the caller's values in the order the SQL wants."""
+    database = Database(database_url)
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        await _write(
+            database, BulkInsert(_ITEMS), [("a", 1, 0, None), ("b", 2, 0, "é"), ("c", 3, 0, "")]
+        )
+
+        def read(sync: sa.Connection) -> list[list[tuple[Any, ...]]]:
+            assert _SET_LOW.rows(sync, low=-(2**63), id="c") == []
+            return [
+                [tuple(row) for row in _LOW_OF.rows(sync, ids=ids, at_least=at_least)]
+                for ids, at_least in ((["a", "b", "c"], -(2**63)), (["b"], 0), (["c", "x"], 0))
+            ]
+
+        async with database.write() as conn:
+            found = await conn.run_sync(read)
+        assert found == [
+            [("a", "none", 1), ("b", "é", 2), ("c", "", -(2**63))],
+            [("b", "é", 2)],
+            [],
+        ]
+        with pytest.raises(sa.exc.IntegrityError):  # the driver's error, as SQLAlchemy's
+            async with database.write() as conn:
+                await conn.run_sync(lambda sync: _SET_LOW.rows(sync, low=None, id="a"))
+        assert (await _stored(database))[0] == ("a", 1, 0, None)
     finally:
         await database.dispose()

@@ -22,7 +22,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reckon_server.clock import epoch_micros
+from reckon_server.clock import epoch_micros, from_epoch_micros
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding
 from reckon_server.domain.money import MAX_PLAN_TOTAL_MICROS, past_plan_total
@@ -35,7 +35,7 @@ from reckon_server.storage.schema import (
     plan_outcomes,
     plans,
 )
-from reckon_server.storage.sql import BulkInsert, BulkStatement, dialect_insert
+from reckon_server.storage.sql import BulkInsert, BulkStatement, DriverQuery, dialect_insert
 
 log = logging.getLogger(__name__)
 ACTIVE = 1
@@ -75,9 +75,9 @@ class StreamReport(NamedTuple):
     completion_rate: float | None
 
 
-# Reads and cursor writes of every transaction, built once: building a statement costs more
-# Python than running a compiled one.
-_LOCK_CURSOR = (
+# The reads and cursor writes of every transaction, run as the driver's SQL (see
+# `DriverQuery`): parameters and rows in their stored form (times in epoch microseconds).
+_LOCK_CURSOR = DriverQuery(
     sa.select(delivery_streams.c.generation, delivery_streams.c.next_seq)
     .where(
         delivery_streams.c.org_id == sa.bindparam("org"),
@@ -85,7 +85,7 @@ _LOCK_CURSOR = (
     )
     .with_for_update()
 )
-_ADVANCE_CURSOR = (
+_ADVANCE_CURSOR = DriverQuery(
     sa.update(delivery_streams)
     .where(
         delivery_streams.c.org_id == sa.bindparam("org"),
@@ -94,39 +94,76 @@ _ADVANCE_CURSOR = (
     )
     .values(next_seq=sa.bindparam("advanced_to"), updated_at=sa.bindparam("now"))
 )
-_LOCK_PLAN = (
-    sa.select(plans.c.owner_id, plans.c.status, plans.c.document, plans.c.plan_hash)
+_LOCK_PLAN = DriverQuery(
+    sa.select(plans.c.owner_id, plans.c.status, plans.c.plan_hash)
     .where(plans.c.org_id == sa.bindparam("org"), plans.c.plan_id == sa.bindparam("plan"))
     .with_for_update()
 )
-_STORED_PERIODS = sa.select(
-    delivery_periods.c.governance_context,
-    delivery_periods.c.period_start,
-    delivery_periods.c.period_end,
-    delivery_periods.c.spend_micros,
-).where(
-    delivery_periods.c.governance_context.in_(sa.bindparam("contexts", expanding=True)),
-    delivery_periods.c.period_start.between(sa.bindparam("first"), sa.bindparam("last")),
+_PLAN_DOCUMENT = sa.select(plans.c.document).where(
+    plans.c.org_id == sa.bindparam("org"), plans.c.plan_id == sa.bindparam("plan")
+)
+"""Read through Core, which decodes it, and only for a plan hash not parsed yet."""
+_PLAN_SPEND = DriverQuery(PLAN_SPEND)
+_NEXT_TRAIL_AT = DriverQuery(NEXT_TRAIL_AT)
+_STORED_PERIODS = DriverQuery(
+    sa.select(
+        delivery_periods.c.governance_context,
+        delivery_periods.c.period_start,
+        delivery_periods.c.period_end,
+        delivery_periods.c.spend_micros,
+    ).where(
+        delivery_periods.c.governance_context.in_(sa.bindparam("contexts", expanding=True)),
+        delivery_periods.c.period_start.between(sa.bindparam("first"), sa.bindparam("last")),
+    )
 )
 # Only what ingest reads of a campaign: every transaction reads each campaign it names, and
-# the rest (its channels document, above all) would be decoded for nothing.
+# the rest (its channels document, above all) would be read for nothing.
 _CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
-    sa.select(
-        campaigns.c.governance_context,
-        campaigns.c.media_buy_id,
-        campaigns.c.purchase_type,
-        campaigns.c.committed_micros,
-        campaigns.c.settled,
-        campaigns.c.spend_micros,
-        campaigns.c.flight_start,
-        campaigns.c.flight_end,
-    ).where(
-        campaigns.c.org_id == sa.bindparam("org"),
-        campaigns.c.plan_id == sa.bindparam("plan"),
-        name.in_(sa.bindparam("names", expanding=True)),
+    DriverQuery(
+        sa.select(
+            campaigns.c.governance_context,
+            campaigns.c.media_buy_id,
+            campaigns.c.purchase_type,
+            campaigns.c.committed_micros,
+            campaigns.c.settled,
+            campaigns.c.spend_micros,
+            campaigns.c.flight_start,
+            campaigns.c.flight_end,
+        ).where(
+            campaigns.c.org_id == sa.bindparam("org"),
+            campaigns.c.plan_id == sa.bindparam("plan"),
+            name.in_(sa.bindparam("names", expanding=True)),
+        )
     )
     for name in (campaigns.c.media_buy_id, campaigns.c.governance_context)
 )
+
+
+class _Campaign(NamedTuple):
+    """What ingest reads of a campaign."""
+
+    governance_context: str
+    media_buy_id: str | None
+    purchase_type: int
+    committed_micros: int
+    settled: bool
+    spend_micros: int
+    flight_start: datetime | None
+    flight_end: datetime | None
+
+    @classmethod
+    def stored(cls, row: Sequence[Any]) -> _Campaign:
+        context, media_buy_id, purchase_type, committed, settled, spend, start, end = row
+        return cls(
+            context,
+            media_buy_id,
+            purchase_type,
+            committed,
+            bool(settled),
+            spend,
+            None if start is None else from_epoch_micros(start),
+            None if end is None else from_epoch_micros(end),
+        )
 
 
 @dataclass(frozen=True)
@@ -303,15 +340,13 @@ class ApplyDeliveryBatches:
         for index, outcome in zip(accepted, applied, strict=True):
             results[index] = outcome
         for (org_id, stream_id), (generation, next_seq) in cursors.items():
-            conn.execute(
-                _ADVANCE_CURSOR,
-                {
-                    "org": org_id,
-                    "stream": stream_id,
-                    "held_generation": generation,
-                    "advanced_to": next_seq,
-                    "now": batches[0].now,
-                },
+            _ADVANCE_CURSOR.rows(
+                conn,
+                org=org_id,
+                stream=stream_id,
+                held_generation=generation,
+                advanced_to=next_seq,
+                now=epoch_micros(batches[0].now),
             )
         return [r for r in results if r is not None]
 
@@ -321,9 +356,8 @@ class ApplyDeliveryBatches:
         keys = sorted({(b.org_id, b.stream_id) for b in batches})
         cursors: dict[tuple[str, str], list[int]] = {}
         for org_id, stream_id in keys:
-            row = conn.execute(_LOCK_CURSOR, {"org": org_id, "stream": stream_id}).first()
-            if row is not None:
-                cursors[(org_id, stream_id)] = [int(row.generation), int(row.next_seq)]
+            for generation, next_seq in _LOCK_CURSOR.rows(conn, org=org_id, stream=stream_id):
+                cursors[(org_id, stream_id)] = [int(generation), int(next_seq)]
         return cursors
 
     def _apply_reports(
@@ -342,19 +376,17 @@ class ApplyDeliveryBatches:
         latest_us = max((epoch_micros(b.now) for b in batches), default=0)
         count = sum(len(b.reports) for b in batches)
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
-            names = {"org": org_id, "plan": plan_id}
-            row = conn.execute(_LOCK_PLAN, names).first()
-            if row is not None:
-                spend = int(conn.execute(PLAN_SPEND, names).scalar_one())
-                last = conn.execute(
-                    NEXT_TRAIL_AT, {**names, "now": latest_us, "count": count}
-                ).scalar_one()
+            for owner_id, status, plan_hash in _LOCK_PLAN.rows(conn, org=org_id, plan=plan_id):
+                [(spend,)] = _PLAN_SPEND.rows(conn, org=org_id, plan=plan_id)
+                [(last,)] = _NEXT_TRAIL_AT.rows(
+                    conn, org=org_id, plan=plan_id, now=latest_us, count=count
+                )
                 plans[(org_id, plan_id)] = _Plan(
-                    row.owner_id,
-                    row.status,
-                    row.plan_hash,
-                    _terms(self._terms_of, row),
-                    spend,
+                    owner_id,
+                    status,
+                    plan_hash,
+                    _terms(self._terms_of, conn, org_id, plan_id, plan_hash),
+                    int(spend),
                     int(last) - count + 1,
                 )
         campaign_rows = self._campaigns(conn, named, plans)
@@ -369,10 +401,10 @@ class ApplyDeliveryBatches:
             # orders periods by time, so the read passes over every campaign's periods of the
             # range and keeps these campaigns'. Batches of streams far apart in time (a
             # backfill beside a live feed) would otherwise span every row stored between them.
-            for row in conn.execute(
-                _STORED_PERIODS, {"contexts": contexts, "first": first, "last": last}
+            for context, start, end, spend in _STORED_PERIODS.rows(
+                conn, contexts=contexts, first=first, last=last
             ):
-                periods[(row[0], int(row[1]), int(row[2]))] = int(row[3])
+                periods[(context, int(start), int(end))] = int(spend)
 
         new_periods: list[tuple[Any, ...]] = []
         restated_periods: list[tuple[Any, ...]] = []
@@ -499,7 +531,7 @@ class ApplyDeliveryBatches:
         conn: sa.Connection,
         named: set[tuple[str, str, str, str]],
         plans: dict[tuple[str, str], _Plan],
-    ) -> dict[tuple[str, str, str], Any]:
+    ) -> dict[tuple[str, str, str], _Campaign]:
         """The campaigns named by (org, plan, media buy, governance context) that exist."""
         by_media: dict[tuple[str, str], set[str]] = {}
         by_context: dict[tuple[str, str], set[str]] = {}
@@ -509,17 +541,19 @@ class ApplyDeliveryBatches:
                     by_media.setdefault((org_id, plan_id), set()).add(media_buy_id)
                 else:
                     by_context.setdefault((org_id, plan_id), set()).add(context)
-        found: dict[tuple[str, str, str], Any] = {}
+        found: dict[tuple[str, str, str], _Campaign] = {}
         for (org_id, plan_id), names in by_media.items():
-            for row in conn.execute(
-                _CAMPAIGNS_BY_MEDIA_BUY, {"org": org_id, "plan": plan_id, "names": sorted(names)}
+            for row in _CAMPAIGNS_BY_MEDIA_BUY.rows(
+                conn, org=org_id, plan=plan_id, names=sorted(names)
             ):
-                found[(org_id, plan_id, "m:" + row.media_buy_id)] = row
+                campaign = _Campaign.stored(row)
+                found[(org_id, plan_id, f"m:{campaign.media_buy_id}")] = campaign
         for (org_id, plan_id), names in by_context.items():
-            for row in conn.execute(
-                _CAMPAIGNS_BY_CONTEXT, {"org": org_id, "plan": plan_id, "names": sorted(names)}
+            for row in _CAMPAIGNS_BY_CONTEXT.rows(
+                conn, org=org_id, plan=plan_id, names=sorted(names)
             ):
-                found[(org_id, plan_id, "g:" + row.governance_context)] = row
+                campaign = _Campaign.stored(row)
+                found[(org_id, plan_id, f"g:{campaign.governance_context}")] = campaign
         return found
 
 
@@ -560,7 +594,7 @@ class _Lookups:
     """What one transaction read about the plans and campaigns its reports name."""
 
     plans: dict[tuple[str, str], _Plan]
-    campaign_rows: dict[tuple[str, str, str], Any]
+    campaign_rows: dict[tuple[str, str, str], _Campaign]
     rules_of: RulesOf
     by_context: dict[str, _Target] = field(default_factory=dict)
 
@@ -603,16 +637,19 @@ class _Lookups:
         return target
 
 
-def _terms(terms_of: TermsOf, plan: Any) -> Any:
-    """The terms of a plan row, parsed from its document once per plan hash (the hash is that
-    of the document) while the process lives: every transaction reads its plans, and parsing
-    a document took as long as the plan's three statements together."""
-    key = (terms_of, plan.plan_hash)
+def _terms(
+    terms_of: TermsOf, conn: sa.Connection, org_id: str, plan_id: str, plan_hash: str
+) -> Any:
+    """The terms of a plan, read and parsed from its document once per plan hash (the hash
+    is that of the document) while the process lives: every transaction reads its plans, and
+    parsing a document took as long as the plan's three statements together."""
+    key = (terms_of, plan_hash)
     terms = _terms_by_hash.get(key)
     if terms is None:
         if len(_terms_by_hash) >= _TERMS_KEPT:
             _terms_by_hash.clear()
-        terms = _terms_by_hash[key] = terms_of(plan.document)
+        document = conn.execute(_PLAN_DOCUMENT, {"org": org_id, "plan": plan_id}).scalar_one()
+        terms = _terms_by_hash[key] = terms_of(document)
     return terms
 
 

@@ -72,6 +72,59 @@ class BulkStatement:
             conn.exec_driver_sql(self._sql(conn.dialect), list(rows))
 
 
+class DriverQuery:
+    """A Core statement compiled once per dialect (and per length of each list it is given)
+    and run as the driver's SQL, its parameters and rows in their stored form, as with
+    `BulkStatement`; a list goes to an expanding bind (`IN`).
+
+    For the few statements each delivery transaction runs whatever its size: there, a Core
+    execution (its cache key, its expanding binds, its result types) costs several times
+    what the database does: a read of 50 campaigns took 0.37 ms through Core, 0.18 ms as the
+    driver's SQL and 0.05 ms on the bare cursor.
+    """
+
+    def __init__(self, statement: sa.ClauseElement) -> None:
+        self._statement = statement
+        self._compiled: dict[tuple[str, tuple[tuple[str, int], ...]], _Compiled] = {}
+
+    def rows(self, conn: sa.Connection, **params: Any) -> list[tuple[Any, ...]]:
+        lists = tuple((name, len(v)) for name, v in params.items() if isinstance(v, list))
+        key = (conn.dialect.name, lists)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self._compile(conn.dialect, params)
+        sql, order, constants = compiled
+        values = {**constants, **params}
+        for name, _ in lists:
+            values.update({f"{name}_{n}": v for n, v in enumerate(params[name], 1)})
+        # Through SQLAlchemy's driver-level call, which turns driver errors into its own (a
+        # lost connection is then discarded) but leaves values as the driver gives them.
+        result = conn.exec_driver_sql(sql, tuple(values[name] for name in order))
+        return list(result.all()) if result.returns_rows else []
+
+    def _compile(self, dialect: sa.Dialect, params: dict[str, Any]) -> _Compiled:
+        if any(isinstance(v, list) for v in params.values()):
+            # Each list rendered as that many binds: compiled with the caller's values (all
+            # are needed), of which only the lists' lengths end up in the SQL.
+            expanded = self._statement.params(params)
+            compiled = expanded.compile(
+                dialect=dialect, compile_kwargs={"render_postcompile": True}
+            )
+        else:
+            compiled = self._statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        assert compiled.positiontup is not None, "the driver takes positional parameters"
+        # The statement's own literals (the 0 of a coalesce) are binds of its own as well.
+        constants = {
+            name: bind.value for name, bind in compiled.binds.items() if name not in params
+        }
+        return compiled.string, tuple(compiled.positiontup), constants
+
+
+_Compiled = tuple[str, tuple[str, ...], dict[str, Any]]
+"""A statement's SQL, the names of its binds in order, and the values of its literals."""
+
+
 class BulkInsert(BulkStatement):
     """An INSERT of whole rows of `table`, given in their stored form and in the table's column
     order; with a `conflict_key` (its leading columns), an upsert that overwrites every other
