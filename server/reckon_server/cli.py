@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="database maintenance").add_subparsers(required=True)
-    db.add_parser("upgrade", help="apply schema migrations").set_defaults(run=_db_upgrade)
+    db.add_parser("upgrade", help="apply schema migrations").set_defaults(
+        run=_db_migrate, migration=lambda database, _: migrate.upgrade(database)
+    )
     downgrade = db.add_parser(
         "downgrade",
         help="undo the migrations after REVISION, for an earlier server version",
@@ -71,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         "version of that revision runs again. What those migrations added is dropped.",
     )
     downgrade.add_argument("revision", help="the revision to go back to, or 'base'")
-    downgrade.set_defaults(run=_db_downgrade)
+    downgrade.set_defaults(
+        run=_db_migrate, migration=lambda database, args: migrate.downgrade(database, args.revision)
+    )
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(required=True)
     create = keys.add_parser("create", help="create a key and print it once")
@@ -245,19 +249,11 @@ def _settle_heap() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def _db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+async def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """`db upgrade` or `db downgrade`, as `args.migration(database, args)`."""
     database = Database(settings.database_url)
     try:
-        print(f"schema at revision {await migrate.upgrade(database)}")
-    finally:
-        await database.dispose()
-    return 0
-
-
-async def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
-    database = Database(settings.database_url)
-    try:
-        print(f"schema at revision {await migrate.downgrade(database, args.revision)}")
+        print(f"schema at revision {await args.migration(database, args)}")
     finally:
         await database.dispose()
     return 0
