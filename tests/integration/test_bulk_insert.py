@@ -159,6 +159,9 @@ async def test_a_driver_query_takes_lists_of_any_length_and_keeps_its_literals(
             [("b", "é", 2)],
             [],
         ]
+        with pytest.raises(KeyError, match="at_least"):
+            async with database.read() as conn:
+                await conn.run_sync(lambda sync: _LOW_OF.rows(sync, ids=["a"], at_leas=0))
         with pytest.raises(sa.exc.IntegrityError):  # the driver's error, as SQLAlchemy's
             async with database.write() as conn:
                 await conn.run_sync(lambda sync: _SET_LOW.rows(sync, low=None, id="a"))

@@ -114,9 +114,12 @@ class DriverQuery:
             compiled = self._statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None, "the driver takes positional parameters"
-        # The statement's own literals (the 0 of a coalesce) are binds of its own as well.
+        # The statement's own literals (the 0 of a coalesce) are binds of its own as well; a
+        # bind the caller leaves out is missing from every call, not bound to NULL.
         constants = {
-            name: bind.value for name, bind in compiled.binds.items() if name not in params
+            name: bind.value
+            for name, bind in compiled.binds.items()
+            if name not in params and not bind.required
         }
         return compiled.string, tuple(compiled.positiontup), constants
 
