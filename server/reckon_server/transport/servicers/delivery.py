@@ -413,7 +413,9 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
     spend, impressions = delivery.spend_micros, delivery.impressions
     start_s, start_n, end_s, end_n = start.seconds, start.nanos, end.seconds, end.nanos
     present = delivery.HasField
-    cpm = delivery.cpm_micros if present("cpm_micros") else None
+    # A value other than the default is present: HasField, which finds its field by name,
+    # costs several reads.
+    cpm = delivery.cpm_micros or (0 if present("cpm_micros") else None)
     viewability = delivery.viewability_rate if present("viewability_rate") else None
     completion = delivery.completion_rate if present("completion_rate") else None
     if (
@@ -425,8 +427,9 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         and NUL not in media_buy_id
         and 0 <= spend <= MAX_AMOUNT_MICROS
         and impressions >= 0
-        and period.HasField("start")
-        and period.HasField("end")
+        # Non-zero seconds show both times are present; the epoch itself takes the full rules.
+        and start_s
+        and end_s
         and MIN_SECONDS <= start_s <= MAX_SECONDS
         and MIN_SECONDS <= end_s <= MAX_SECONDS
         and 0 <= start_n < 10**9
