@@ -144,6 +144,24 @@ async def test_a_watcher_on_a_clock_running_ahead_still_sees_every_entry(
     watch.cancel()
 
 
+async def test_shutdown_ends_watchers_with_a_retryable_status(database_url: str) -> None:
+    """A server shutting down ends its watchers at once, DRAINING with RetryInfo, so that
+    they reopen on another replica rather than wait out the grace period and be cut off."""
+    api = await RunningServer.start(database_url, watch_heartbeat_seconds=30)
+    try:
+        buyer = await committed_plan(api, "drained", PLAN, {"mb_1": 150_000})
+        watch, _ = await watch_from_snapshot(api, buyer.key)
+        stopping = asyncio.create_task(api.server.stop(30))
+        with pytest.raises(aio.AioRpcError) as raised:
+            await asyncio.wait_for(watch.read(), 10)
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        await api.close()
+    error = decode(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DRAINING")
+    assert "google.rpc.RetryInfo" in error.details
+
+
 async def test_watching_needs_the_plan(api: RunningServer) -> None:
     await committed_plan(api, "owner", PLAN, {})
     stranger = await api.register("stranger")

@@ -198,6 +198,12 @@ class DeliveryLedger:
             await self._notifier.publish(plan_topic(batch.org_id, plan_id), "delivery")
         return result
 
+    def drain(self) -> None:
+        """Have streams ack what they committed and end, and watchers end, with
+        `draining_error`: the server is shutting down."""
+        self.draining.set()
+        self._notifier.wake_all()
+
     def draining_error(self) -> ReckonError:
         return unavailable(
             Reason.DRAINING,

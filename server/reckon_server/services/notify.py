@@ -55,6 +55,10 @@ class Notifier:
             if not subscribers:
                 del self._subscriptions[topic]
 
+    def wake_all(self) -> None:
+        """Wake every subscriber of every topic, as a change would."""
+        self._wake("*", "")
+
     def _wake(self, topic: str, _payload: str) -> None:
         if topic == "*":
             woken = [s for subscribers in self._subscriptions.values() for s in subscribers]

@@ -74,9 +74,9 @@ class ReckonServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        # Delivery streams ack what they committed and end UNAVAILABLE/DRAINING, so producers
-        # resume elsewhere instead of being cut off mid-batch.
-        self.delivery.draining.set()
+        # Delivery streams ack what they committed and watchers end, UNAVAILABLE/DRAINING, so
+        # producers resume and watchers reopen elsewhere instead of being cut off.
+        self.delivery.drain()
         await self.grpc_server.stop(grace)
         await self.committer.close()
         await self.bus.close()

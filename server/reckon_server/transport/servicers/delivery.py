@@ -253,6 +253,8 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         status_version = (view.plan.status, view.plan.version)
         while True:
             await changed.wait(self._heartbeat)
+            if self._ledger.draining.is_set():
+                raise self._ledger.draining_error()
             changes, now_status = await self._ledger.changes_since(
                 principal, request.plan_id, watermark, self._watch_backlog
             )
