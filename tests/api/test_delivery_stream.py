@@ -900,6 +900,103 @@ async def test_batches_far_apart_in_time_sharing_a_transaction_replace_their_per
         await api.close()
 
 
+async def test_restated_periods_are_found_whichever_write_stored_them(api: RunningServer) -> None:
+    """A report restates its stored period, replacing its figures, whether a streamed or a
+    unary report stored it; one that starts before its campaign's latest period without
+    naming a stored one adds a period; another plan's periods of the same days change
+    nothing. (Streamed ingest reads back only the periods of reports that start no later
+    than their campaign's latest.)"""
+    other = await committed_plan(api, "restating-other", "other", {"mb_1": 150_000})
+    other_stream = RawStream(api, other.key, "restating-other")
+    await other_stream.opened()
+    other_stream.send(1, [report("other", "mb_1", day, M) for day in range(14, 24)])
+    assert (await other_stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    other_stream.close()
+    buyer = await committed_plan(api, "restating", PLAN, {"mb_1": 150_000, "mb_2": 150_000})
+    await buyer.deliver(PLAN, "mb_1", "2026-03-20T00:00:00Z", "2026-03-21T00:00:00Z", 10 * M)
+    stream = RawStream(api, buyer.key, "restating")
+    await stream.opened()
+    for seq, reports in enumerate(
+        (
+            [
+                report(PLAN, "mb_1", 20, 11 * M),
+                report(PLAN, "mb_1", 15, 3 * M),
+                report(PLAN, "mb_2", 20, 5 * M),
+                report(PLAN, "mb_1", 22, 2 * M),
+            ],
+            [
+                report(PLAN, "mb_1", 15, 4 * M),
+                report(PLAN, "mb_2", 18, 6 * M),
+                report(PLAN, "mb_1", 22, M),
+            ],
+        ),
+        1,
+    ):
+        stream.send(seq, reports)
+        ack = await stream.ack()
+        assert ack.disposition == pb.BATCH_DISPOSITION_COMMITTED
+        assert all(r.accepted.outcome_id for r in ack.results), ack
+    stream.close()
+    restated = await buyer.deliver(
+        PLAN, "mb_2", "2026-03-20T00:00:00Z", "2026-03-21T00:00:00Z", 7 * M
+    )
+    assert restated.outcome_id
+    assert (await buyer.state(PLAN)).spend_micros == (11 + 4 + 1 + 6 + 7) * M
+    assert (await other.state("other")).spend_micros == 10 * M
+    day = 86_400_000_000
+    march_15 = 1_773_532_800_000_000
+    periods = await stored_rows(
+        api.database_url,
+        "SELECT c.media_buy_id, p.period_start, p.spend_micros FROM delivery_periods p"
+        " JOIN campaigns c USING (governance_context) WHERE p.plan_id = :plan ORDER BY 1, 2",
+        plan=PLAN,
+    )
+    assert periods == [
+        ("mb_1", march_15, 4 * M),
+        ("mb_1", march_15 + 5 * day, 11 * M),
+        ("mb_1", march_15 + 7 * day, M),
+        ("mb_2", march_15 + 3 * day, 6 * M),
+        ("mb_2", march_15 + 5 * day, 7 * M),
+    ]
+    campaigns = await stored_rows(
+        api.database_url,
+        "SELECT media_buy_id, spend_micros, latest_period_start FROM campaigns"
+        " WHERE plan_id = :plan ORDER BY 1",
+        plan=PLAN,
+    )
+    assert campaigns == [("mb_1", 16 * M, march_15 + 7 * day), ("mb_2", 13 * M, march_15 + 5 * day)]
+
+
+async def test_a_transaction_reads_back_hundreds_of_restated_periods(api: RunningServer) -> None:
+    """Restating more periods than one read names replaces every one of them."""
+    buyer = await committed_plan(api, "restating-many", PLAN, {"mb_1": 150_000})
+    minute = 60
+
+    def minutes(count: int, spend: int) -> list[pb.PlanDelivery]:
+        out = []
+        for n in range(count):
+            item = report(PLAN, "mb_1", 15, spend)
+            period = item.delivery.reporting_period
+            period.start.seconds += n * minute
+            period.end.seconds = period.start.seconds + minute
+            out.append(item)
+        return out
+
+    stream = RawStream(api, buyer.key, "restating-many")
+    await stream.opened()
+    for seq, spend in ((1, 2 * M), (2, 3)):
+        stream.send(seq, minutes(400 + 200 * seq, spend))
+        assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
+    stream.close()
+    assert (await buyer.state(PLAN)).spend_micros == 600 * 3
+    [(count, spend)] = await stored_rows(
+        api.database_url,
+        "SELECT count(*), sum(spend_micros) FROM delivery_periods WHERE plan_id = :plan",
+        plan=PLAN,
+    )
+    assert (count, spend) == (600, 600 * 3)
+
+
 async def test_streams_past_the_servers_limit_are_refused_overloaded(database_url: str) -> None:
     api = await RunningServer.start(database_url, stream_max_open=2)
     try:

@@ -130,6 +130,11 @@ _LOW_OF = DriverQuery(
 _SET_LOW = DriverQuery(
     sa.update(_ITEMS).where(_ITEMS.c.item_id == sa.bindparam("id")).values(low=sa.bindparam("low"))
 )
+_BY_KEY = DriverQuery(
+    sa.select(_ITEMS.c.item_id)
+    .where(sa.tuple_(_ITEMS.c.low, _ITEMS.c.item_id).in_(sa.bindparam("keys", expanding=True)))
+    .order_by(_ITEMS.c.item_id)
+)
 
 
 async def test_a_driver_query_takes_lists_of_any_length_and_keeps_its_literals(
@@ -166,5 +171,30 @@ async def test_a_driver_query_takes_lists_of_any_length_and_keeps_its_literals(
             async with database.write() as conn:
                 await conn.run_sync(lambda sync: _SET_LOW.rows(sync, low=None, id="a"))
         assert (await _stored(database))[0] == ("a", 1, 0, None)
+    finally:
+        await database.dispose()
+
+
+async def test_a_driver_query_takes_lists_of_tuples_as_row_values(database_url: str) -> None:
+    """Each tuple binds its members, in order, as one row value of the IN list."""
+    database = Database(database_url)
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        await _write(database, BulkInsert(_ITEMS), [("a", 1, 0, None), ("b", 2, 0, None)])
+
+        def read(sync: sa.Connection) -> list[list[str]]:
+            return [
+                [row[0] for row in _BY_KEY.rows(sync, keys=keys)]
+                for keys in (
+                    [(1, "a"), (2, "b"), (2, "b")],
+                    [(2, "a"), (1, "b")],
+                    [(2, "b")],
+                    [(1, "é")] * 300,
+                )
+            ]
+
+        async with database.read() as conn:
+            assert await conn.run_sync(read) == [["a", "b"], [], ["b"], []]
     finally:
         await database.dispose()

@@ -14,6 +14,7 @@ from reckon_server.storage import migrate
 from reckon_server.storage.database import Database
 from reckon_server.storage.schema import (
     Base,
+    campaigns,
     check_tallies,
     checks,
     delivery_periods,
@@ -271,6 +272,44 @@ async def test_delivery_periods_keep_their_rows_keyed_by_campaign_again(database
         await database.dispose()
     assert rows == stored
     assert key == ["governance_context", "period_start", "period_end"]
+
+
+async def test_campaigns_latest_periods_start_from_the_periods_already_stored(
+    database_url: str,
+) -> None:
+    async def store(conn: AsyncConnection) -> None:
+        await store_plans(conn, "p")
+        await conn.execute(
+            sa.insert(campaigns).values(
+                org_id="org",
+                plan_id="p",
+                purchase_type=1,
+                status=1,
+                committed_micros=0,
+                settled=False,
+                channels=[],
+                created_at=utcnow(),
+            ),
+            [{"governance_context": context} for context in ("gc_a", "gc_b", "gc_c")],
+        )
+        await conn.execute(
+            sa.insert(delivery_periods),
+            [
+                {**PERIOD, "governance_context": "gc_a", "period_start": 60, "outcome_id": "o1"},
+                {**PERIOD, "governance_context": "gc_a", "period_start": 0, "outcome_id": "o2"},
+                {**PERIOD, "governance_context": "gc_b", "period_start": 0, "outcome_id": "o3"},
+            ],
+        )
+
+    async def latest(conn: AsyncConnection) -> list[tuple[object, ...]]:
+        query = sa.select(campaigns.c.governance_context, campaigns.c.latest_period_start)
+        return [tuple(row) for row in await conn.execute(query.order_by("governance_context"))]
+
+    assert await upgraded_over(database_url, "0009", store, latest) == [
+        ("gc_a", 60),
+        ("gc_b", 0),
+        ("gc_c", None),
+    ]
 
 
 async def schema_of(conn: AsyncConnection) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.perf.bench_delivery [--reports 200000]
         [--soak 10000000 [--producer-reports 500000]] [--crowd 60]
-        [--sqlite-only | --off-pace-only]
+        [--sqlite-only | --off-pace-only | --neighbours 200]
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
@@ -21,13 +21,16 @@ file (the most the log has held). `--crowd N` has N
 producers each send 20 batches of 1,000 reports while another connection holds SQLite's
 write lock, then lets the backlog commit, and prints the server's RSS before, while held and
 at its peak. `--sqlite-only` and `--off-pace-only` run (c) or (e) alone: quick to repeat when
-comparing two versions of the server.
+comparing two versions of the server. `--neighbours N` runs (c) alone after storing periods of
+N other campaigns for every minute its reports cover, as other tenants reporting over the
+same hours would have.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sqlite3
 import sys
@@ -45,10 +48,11 @@ from grpc import aio
 from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
 from reckon.v1 import delivery_service_pb2 as delivery_pb
 from reckon.v1 import governance_service_pb2 as pb
+from reckon_server.clock import epoch_micros
 from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.schema import Base, delivery_periods, plan_outcomes
 from reckon_server.storage.sql import BulkInsert
-from tests.perf.delivery_client import ON_PLAN_SPEND, batches
+from tests.perf.delivery_client import ON_PLAN_SPEND, START, batches
 from tests.support.api import Stubs, new_secret
 from tests.support.delivery import stream_commits_held
 from tests.support.governance import plan, seed_payload, seed_seller_response, struct
@@ -223,11 +227,27 @@ def sqlite_bound(
     return reports / elapsed
 
 
+def store_neighbours(path: Path, neighbours: int, reports: int) -> None:
+    """Periods of `neighbours` campaigns of another plan for every minute that the load
+    generator's `reports` cover."""
+    minute = 60_000_000
+    first = epoch_micros(START)
+    rows = (
+        (f"gc_neighbour_{n:06d}", start, start + minute, "org_neighbours", "neighbours",
+         ON_PLAN_SPEND, 100, None, None, None, f"out_neighbour_{n}_{start}", first)
+        for start in range(first, first + minute * -(-reports // MEDIA_BUYS), minute)
+        for n in range(neighbours)
+    )  # fmt: skip
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany(f"INSERT INTO delivery_periods VALUES ({', '.join('?' * 12)})", rows)
+
+
 async def reckon_run(
     url: str,
     reports: int,
     spend_micros: int = ON_PLAN_SPEND,
     database_cpu: Callable[[], float] | None = None,
+    neighbours: int = 0,
 ) -> tuple[dict[str, float], float]:
     """The load generator's figures, with the CPU use of the server (and of the database
     server, given `database_cpu`) added, and the peak RSS."""
@@ -235,6 +255,8 @@ async def reckon_run(
     server = await start_reckon(url, admin)
     try:
         key = await prepare(server, admin)
+        if neighbours:
+            store_neighbours(Path(url.removeprefix("sqlite+aiosqlite:///")), neighbours, reports)
         before, database_before = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         thread_before = server.writer_thread_seconds()
         result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
@@ -396,15 +418,15 @@ report."""
 
 
 async def sqlite_run(
-    directory: Path, reports: int, spend_micros: int
+    directory: Path, reports: int, spend_micros: int, neighbours: int = 0
 ) -> tuple[dict[str, float], float]:
     url = f"sqlite+aiosqlite:///{directory / f'spend-{spend_micros}.db'}"
-    return await reckon_run(url, reports, spend_micros)
+    return await reckon_run(url, reports, spend_micros, neighbours=neighbours)
 
 
-async def alone(name: str, reports: int, spend_micros: int) -> None:
+async def alone(name: str, reports: int, spend_micros: int, neighbours: int = 0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        result, rss = await sqlite_run(Path(tmp), reports, spend_micros)
+        result, rss = await sqlite_run(Path(tmp), reports, spend_micros, neighbours)
     print_run(name, result, rss)
 
 
@@ -466,11 +488,17 @@ if __name__ == "__main__":
     alone_group = parser.add_mutually_exclusive_group()
     alone_group.add_argument("--sqlite-only", action="store_true", help="run (c) alone")
     alone_group.add_argument("--off-pace-only", action="store_true", help="run (e) alone")
+    alone_group.add_argument(
+        "--neighbours", type=int, default=0, help="run (c) alone beside this many campaigns"
+    )
     arguments = parser.parse_args()
     if arguments.sqlite_only:
         asyncio.run(alone(SQLITE, arguments.reports, ON_PLAN_SPEND))
     elif arguments.off_pace_only:
         asyncio.run(alone(OFF_PACE, arguments.reports, OFF_PACE_SPEND))
+    elif arguments.neighbours:
+        name = f"{SQLITE}, beside {arguments.neighbours:,} campaigns"
+        asyncio.run(alone(name, arguments.reports, ON_PLAN_SPEND, arguments.neighbours))
     elif arguments.soak:
         asyncio.run(soak(arguments.soak, arguments.producer_reports))
     elif arguments.crowd:

@@ -45,13 +45,13 @@ _INSERT_PERIODS = BulkInsert(delivery_periods)
 _UPSERT_PERIODS = BulkInsert(
     delivery_periods, conflict_key=("governance_context", "period_start", "period_end")
 )
-_SET_CAMPAIGN_SPEND = BulkStatement(
+_UPDATE_CAMPAIGNS = BulkStatement(
     lambda _: (
         sa.update(campaigns)
         .where(campaigns.c.governance_context == sa.bindparam("context"))
-        .values(spend_micros=sa.bindparam("spend"))
+        .values(spend_micros=sa.bindparam("spend"), latest_period_start=sa.bindparam("latest"))
     ),
-    ("spend", "context"),
+    ("spend", "latest", "context"),
 )
 _INSERT_OUTCOMES = BulkInsert(plan_outcomes)
 
@@ -112,10 +112,17 @@ _STORED_PERIODS = DriverQuery(
         delivery_periods.c.period_end,
         delivery_periods.c.spend_micros,
     ).where(
-        delivery_periods.c.governance_context.in_(sa.bindparam("contexts", expanding=True)),
-        delivery_periods.c.period_start.between(sa.bindparam("first"), sa.bindparam("last")),
+        sa.tuple_(
+            delivery_periods.c.period_start,
+            delivery_periods.c.governance_context,
+            delivery_periods.c.period_end,
+        ).in_(sa.bindparam("keys", expanding=True))
     )
 )
+_KEYS_PER_READ = 256
+"""Period keys a read of stored periods names: 768 binds, within what every SQLite allows.
+Fewer are padded to a power of two by repeating the last, so that a handful of statements
+are ever compiled."""
 # Only what ingest reads of a campaign: every transaction reads each campaign it names, and
 # the rest (its channels document, above all) would be read for nothing.
 _CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
@@ -129,6 +136,7 @@ _CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
             campaigns.c.spend_micros,
             campaigns.c.flight_start,
             campaigns.c.flight_end,
+            campaigns.c.latest_period_start,
         ).where(
             campaigns.c.org_id == sa.bindparam("org"),
             campaigns.c.plan_id == sa.bindparam("plan"),
@@ -150,10 +158,11 @@ class _Campaign(NamedTuple):
     spend_micros: int
     flight_start: datetime | None
     flight_end: datetime | None
+    latest_period_start: int | None
 
     @classmethod
     def stored(cls, row: Sequence[Any]) -> _Campaign:
-        context, media_buy_id, purchase_type, committed, settled, spend, start, end = row
+        context, media_buy_id, purchase_type, committed, settled, spend, start, end, latest = row
         return cls(
             context,
             media_buy_id,
@@ -163,6 +172,7 @@ class _Campaign(NamedTuple):
             spend,
             None if start is None else from_epoch_micros(start),
             None if end is None else from_epoch_micros(end),
+            latest,
         )
 
 
@@ -391,20 +401,8 @@ class ApplyDeliveryBatches:
                 )
         campaign_rows = self._campaigns(conn, named, plans)
         lookups = _Lookups(plans, campaign_rows, self._rules_of)
-
         # Stored periods, so that each report's change to its campaign's spend is exact.
-        contexts = sorted({c.governance_context for c in campaign_rows.values()})
-        periods: dict[tuple[str, int, int], int] = {}
-        for first, last in _time_ranges(batches) if contexts else ():
-            # Periods this transaction may replace: the campaigns' rows within the time range
-            # of each batch (usually few or none; new periods are not stored yet). The key
-            # orders periods by time, so the read passes over every campaign's periods of the
-            # range and keeps these campaigns'. Batches of streams far apart in time (a
-            # backfill beside a live feed) would otherwise span every row stored between them.
-            for context, start, end, spend in _STORED_PERIODS.rows(
-                conn, contexts=contexts, first=first, last=last
-            ):
-                periods[(context, int(start), int(end))] = int(spend)
+        periods = _stored_periods(conn, batches, campaign_rows)
 
         new_periods: list[tuple[Any, ...]] = []
         restated_periods: list[tuple[Any, ...]] = []
@@ -470,22 +468,27 @@ class ApplyDeliveryBatches:
                 target.findings_added += len(findings)
                 periods[period] = spend
                 outcome_id = next(new_ids)
-                (new_periods if previous is None else restated_periods).append(
-                    (
-                        context,
-                        start_us,
-                        end_us,
-                        org_id,
-                        plan_id,
-                        spend,
-                        impressions,
-                        cpm,
-                        viewability,
-                        completion,
-                        outcome_id,
-                        now_us,
-                    )
+                row = (
+                    context,
+                    start_us,
+                    end_us,
+                    org_id,
+                    plan_id,
+                    spend,
+                    impressions,
+                    cpm,
+                    viewability,
+                    completion,
+                    outcome_id,
+                    now_us,
                 )
+                if previous is None:
+                    new_periods.append(row)
+                    latest = target.latest_period_start
+                    if latest is None or start_us > latest:
+                        target.latest_period_start = start_us
+                else:
+                    restated_periods.append(row)
                 outcome_rows.append(
                     (
                         outcome_id,
@@ -513,8 +516,12 @@ class ApplyDeliveryBatches:
         _UPSERT_PERIODS.write(conn, restated_periods)
         _INSERT_OUTCOMES.write(conn, outcome_rows)
         # A campaign is looked up only for a report that is then applied to it.
-        _SET_CAMPAIGN_SPEND.write(
-            conn, [(lookups.by_context[c].spend, c) for c in sorted(lookups.by_context)]
+        _UPDATE_CAMPAIGNS.write(
+            conn,
+            [
+                (target.spend, target.latest_period_start, context)
+                for context, target in sorted(lookups.by_context.items())
+            ],
         )
         add_tallies(
             conn,
@@ -583,6 +590,7 @@ class _Target:
     findings: ReportRules
     purchase_type: int
     spend: int
+    latest_period_start: int | None
     tally_key: tuple[str, str, str, int]
     """Its plan's tally of outcomes of its governed action and purchase type."""
     outcomes_added: int = 0
@@ -632,6 +640,7 @@ class _Lookups:
                 self.rules_of(facts),
                 campaign.purchase_type,
                 int(campaign.spend_micros),
+                campaign.latest_period_start,
                 (batch.org_id, report.plan_id, context, campaign.purchase_type),
             )
         return target
@@ -657,24 +666,49 @@ _TERMS_KEPT = 1024
 _terms_by_hash: dict[tuple[TermsOf, str], Any] = {}
 
 
-def _time_ranges(batches: Sequence[StreamBatch]) -> list[tuple[int, int]]:
-    """The period starts each batch covers, as (first, last); ranges that overlap, or are
-    no further apart than the longer of the two is long (the consecutive batches of a stream),
-    are merged, so that a transaction usually reads its stored periods with one query."""
-    ranges = sorted(
-        (min(starts), max(starts))
-        for starts in (
-            [r.start_us for r in batch.reports if isinstance(r, StreamReport)] for batch in batches
-        )
-        if starts
+def _stored_periods(
+    conn: sa.Connection,
+    batches: Sequence[StreamBatch],
+    campaign_rows: dict[tuple[str, str, str], _Campaign],
+) -> dict[tuple[str, int, int], int]:
+    """The spend of each stored period that a report of `batches` names, by (governance
+    context, start, end).
+
+    Only a report that starts no later than its campaign's latest stored period can name
+    one, and a live stream's reports start later: a transaction of them reads nothing. The
+    rest are looked up by their whole key, which costs what they number, however many other
+    campaigns report over the same hours.
+    """
+    newest = max(
+        (
+            c.latest_period_start
+            for c in campaign_rows.values()
+            if c.latest_period_start is not None
+        ),
+        default=None,
     )
-    merged: list[tuple[int, int]] = []
-    for first, last in ranges:
-        if merged and first - merged[-1][1] <= max(last - first, merged[-1][1] - merged[-1][0]):
-            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-        else:
-            merged.append((first, last))
-    return merged
+    if newest is None or all(
+        r.start_us > newest for b in batches for r in b.reports if isinstance(r, StreamReport)
+    ):
+        return {}
+    keys: set[tuple[int, str, int]] = set()
+    for batch in batches:
+        for report in batch.reports:
+            if not isinstance(report, StreamReport):
+                continue
+            campaign = campaign_rows.get(_campaign_key(batch.org_id, report))
+            if campaign is None or campaign.latest_period_start is None:
+                continue
+            if report.start_us <= campaign.latest_period_start:
+                keys.add((report.start_us, campaign.governance_context, report.end_us))
+    periods: dict[tuple[str, int, int], int] = {}
+    ordered = sorted(keys)
+    for first in range(0, len(ordered), _KEYS_PER_READ):
+        chunk = ordered[first : first + _KEYS_PER_READ]
+        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        for context, start, end, spend in _STORED_PERIODS.rows(conn, keys=chunk):
+            periods[(context, int(start), int(end))] = int(spend)
+    return periods
 
 
 def _campaign_key(org_id: str, report: StreamReport) -> tuple[str, str, str]:

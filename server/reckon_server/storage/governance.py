@@ -573,11 +573,12 @@ async def record_delivery(
     """Store a period's absolute totals (replacing an earlier report of the same period) and
     return the campaign's cumulative spend; None, storing nothing, when the plan's delivered
     spend would then be past `plan_spend_limit`."""
+    start, end = epoch_micros(period_start), epoch_micros(period_end)
     previous = await conn.scalar(
         sa.select(delivery_periods.c.spend_micros).where(
             delivery_periods.c.governance_context == governance_context,
-            delivery_periods.c.period_start == epoch_micros(period_start),
-            delivery_periods.c.period_end == epoch_micros(period_end),
+            delivery_periods.c.period_start == start,
+            delivery_periods.c.period_end == end,
         )
     )
     plan_spend = (await conn.execute(PLAN_SPEND, {"org": org_id, "plan": plan_id})).scalar_one()
@@ -585,8 +586,8 @@ async def record_delivery(
         return None
     values = {
         "governance_context": governance_context,
-        "period_start": epoch_micros(period_start),
-        "period_end": epoch_micros(period_end),
+        "period_start": start,
+        "period_end": end,
         "org_id": org_id,
         "plan_id": plan_id,
         "spend_micros": spend_micros,
@@ -608,10 +609,16 @@ async def record_delivery(
             },
         )
     )
+    latest = campaigns.c.latest_period_start
     await conn.execute(
         sa.update(campaigns)
         .where(campaigns.c.governance_context == governance_context)
-        .values(spend_micros=campaigns.c.spend_micros + spend_micros - (previous or 0))
+        .values(
+            spend_micros=campaigns.c.spend_micros + spend_micros - (previous or 0),
+            latest_period_start=sa.case(
+                (sa.or_(latest.is_(None), latest < start), start), else_=latest
+            ),
+        )
     )
     total = await conn.scalar(
         sa.select(campaigns.c.spend_micros).where(

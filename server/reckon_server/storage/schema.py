@@ -186,6 +186,9 @@ class CampaignRow(Base):
     flight_end: Mapped[datetime | None] = mapped_column(UtcTimestamp, nullable=True)
     channels: Mapped[Any] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = mapped_column(UtcTimestamp)
+    latest_period_start: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    """The start of its latest stored delivery period (None before the first), kept by every
+    delivery write: a report starting later cannot restate a stored period."""
 
 
 class CheckRow(Base):

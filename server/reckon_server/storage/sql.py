@@ -75,7 +75,8 @@ class BulkStatement:
 class DriverQuery:
     """A Core statement compiled once per dialect (and per length of each list it is given)
     and run as the driver's SQL, its parameters and rows in their stored form, as with
-    `BulkStatement`; a list goes to an expanding bind (`IN`).
+    `BulkStatement`; a list goes to an expanding bind (`IN`), a list of tuples to one of row
+    values.
 
     For the few statements each delivery transaction runs whatever its size: there, a Core
     execution (its cache key, its expanding binds, its result types) costs several times
@@ -96,7 +97,12 @@ class DriverQuery:
         sql, order, constants = compiled
         values = {**constants, **params}
         for name, _ in lists:
-            values.update({f"{name}_{n}": v for n, v in enumerate(params[name], 1)})
+            for n, item in enumerate(params[name], 1):
+                # A tuple goes to a row value, `(a, b) IN (...)`, one bind per member.
+                if isinstance(item, tuple):
+                    values.update({f"{name}_{n}_{m}": v for m, v in enumerate(item, 1)})
+                else:
+                    values[f"{name}_{n}"] = item
         # Through SQLAlchemy's driver-level call, which turns driver errors into its own (a
         # lost connection is then discarded) but leaves values as the driver gives them.
         result = conn.exec_driver_sql(sql, tuple(values[name] for name in order))
