@@ -984,8 +984,9 @@ async def test_a_transaction_reads_back_hundreds_of_restated_periods(api: Runnin
 
     stream = RawStream(api, buyer.key, "restating-many")
     await stream.opened()
-    for seq, spend in ((1, 2 * M), (2, 3)):
-        stream.send(seq, minutes(400 + 200 * seq, spend))
+    # The second batch restates the first's 500 periods, in reads of 256, 128 and 128 keys.
+    for seq, count, spend in ((1, 500, 2 * M), (2, 600, 3)):
+        stream.send(seq, minutes(count, spend))
         assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED
     stream.close()
     assert (await buyer.state(PLAN)).spend_micros == 600 * 3
