@@ -198,3 +198,34 @@ async def test_a_driver_query_takes_lists_of_tuples_as_row_values(database_url: 
             assert await conn.run_sync(read) == [["a", "b"], [], ["b"], []]
     finally:
         await database.dispose()
+
+
+async def test_a_driver_query_runs_lists_of_any_length_as_a_few_statements(
+    database_url: str,
+) -> None:
+    """Lists are padded to a power of two long: 1 to 40 items take 7 statements, not 40."""
+    database = Database(database_url)
+    statements: set[str] = set()
+
+    def executed(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if sql.startswith("SELECT"):
+            statements.add(sql)
+
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(_METADATA.create_all)
+        rows = [(f"i{n:02d}", n, 0, None) for n in range(40)]
+        await _write(database, BulkInsert(_ITEMS), rows)
+        sa.event.listen(database.engine.sync_engine, "before_cursor_execute", executed)
+
+        def read(sync: sa.Connection) -> list[int]:
+            return [
+                len(_LOW_OF.rows(sync, ids=[row[0] for row in rows[:count]], at_least=0))
+                for count in range(1, 41)
+            ]
+
+        async with database.write() as conn:
+            assert await conn.run_sync(read) == list(range(1, 41))
+        assert len(statements) == 7
+    finally:
+        await database.dispose()

@@ -120,9 +120,7 @@ _STORED_PERIODS = DriverQuery(
     )
 )
 _KEYS_PER_READ = 256
-"""Period keys a read of stored periods names: 768 binds, within what every SQLite allows.
-Fewer are padded to a power of two by repeating the last, so that a handful of statements
-are ever compiled."""
+"""Period keys a read of stored periods names: 768 binds, within what every SQLite allows."""
 # Only what ingest reads of a campaign: every transaction reads each campaign it names, and
 # the rest (its channels document, above all) would be read for nothing.
 _CAMPAIGNS_BY_MEDIA_BUY, _CAMPAIGNS_BY_CONTEXT = (
@@ -705,7 +703,6 @@ def _stored_periods(
     ordered = sorted(keys)
     for first in range(0, len(ordered), _KEYS_PER_READ):
         chunk = ordered[first : first + _KEYS_PER_READ]
-        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
         for context, start, end, spend in _STORED_PERIODS.rows(conn, keys=chunk):
             periods[(context, int(start), int(end))] = int(spend)
     return periods

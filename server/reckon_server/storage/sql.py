@@ -76,7 +76,9 @@ class DriverQuery:
     """A Core statement compiled once per dialect (and per length of each list it is given)
     and run as the driver's SQL, its parameters and rows in their stored form, as with
     `BulkStatement`; a list goes to an expanding bind (`IN`), a list of tuples to one of row
-    values.
+    values. A list is padded to a power of two long by repeating its last item, which an
+    `IN` does not notice: lists of every length up to thousands (the media buys of a large
+    plan that a transaction names) would otherwise compile, and keep, a statement each.
 
     For the few statements each delivery transaction runs whatever its size: there, a Core
     execution (its cache key, its expanding binds, its result types) costs several times
@@ -89,6 +91,11 @@ class DriverQuery:
         self._compiled: dict[tuple[str, tuple[tuple[str, int], ...]], _Compiled] = {}
 
     def rows(self, conn: sa.Connection, **params: Any) -> list[tuple[Any, ...]]:
+        for name, value in params.items():
+            if isinstance(value, list) and value:
+                params[name] = value + value[-1:] * (
+                    (1 << (len(value) - 1).bit_length()) - len(value)
+                )
         lists = tuple((name, len(v)) for name, v in params.items() if isinstance(v, list))
         key = (conn.dialect.name, lists)
         compiled = self._compiled.get(key)
