@@ -115,3 +115,24 @@ async def test_an_open_call_outlives_an_outage_of_key_lookups_but_not_its_key(
         await asyncio.wait_for(watching, 5)
     finally:
         event.remove(sa.Engine, "before_cursor_execute", fail)
+
+
+async def test_closing_lets_a_lookup_whose_callers_left_finish(keyed: Keyed) -> None:
+    """A lookup outlives the callers sharing it; closing waits for it, so that storage is
+    released with no lookup left opening a connection."""
+    caller = asyncio.ensure_future(keyed.authenticate(keyed.secret))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    [lookup] = [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_coro().__qualname__ == "Authenticator._lookup"  # type: ignore[union-attr]
+    ]
+    assert not lookup.done()
+    await keyed.authenticate.close()
+    assert lookup.done()
+    principal = lookup.result()
+    assert principal is not None
+    assert principal.name == "bot"

@@ -18,6 +18,7 @@ from reckon_server.storage import principals as store
 from reckon_server.storage.database import Database
 
 KEY_REVOKED = "key_revoked"
+_CLOSE_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class Authenticator:
         self._ttl = ttl
         self._cache: dict[str, tuple[Principal, str, float]] = {}
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._under_way: set[asyncio.Future[Principal | None]] = set()
+        """Every lookup not done yet, including those a revocation took out of `_lookups`."""
         self._revocations = 0
         notifier.subscribe(self._on_change)
 
@@ -42,10 +45,25 @@ class Authenticator:
         lookup = self._lookups.get(key_hash)
         if lookup is None:
             lookup = self._lookups[key_hash] = asyncio.ensure_future(self._lookup(key_hash))
+            self._under_way.add(lookup)
             lookup.add_done_callback(lambda done: self._forget(key_hash, done))
         return await asyncio.shield(lookup)
 
+    async def close(self) -> None:
+        """Let the lookups under way finish, once no call is left to start one.
+
+        A lookup outlives the callers that share it, and one cut off while it opens its
+        connection leaves that connection open for good: the pool does not close a connection
+        whose set-up was interrupted. One that storage does not answer in time is cancelled.
+        """
+        if self._under_way:
+            _, late = await asyncio.wait(self._under_way, timeout=_CLOSE_SECONDS)
+            for lookup in late:
+                lookup.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
     def _forget(self, key_hash: str, lookup: asyncio.Future[Principal | None]) -> None:
+        self._under_way.discard(lookup)
         if self._lookups.get(key_hash) is lookup:
             del self._lookups[key_hash]
         if not lookup.cancelled():

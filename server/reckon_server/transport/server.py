@@ -58,6 +58,7 @@ class ReckonServer:
     database: Database
     health: health.aio.HealthServicer
     committer: GroupCommitter
+    authenticate: Authenticator
     delivery: DeliveryLedger
     bus: ChangeBus
     policies: PolicyStore
@@ -78,6 +79,7 @@ class ReckonServer:
         # producers resume and watchers reopen elsewhere instead of being cut off.
         self.delivery.drain()
         await self.grpc_server.stop(grace)
+        await self.authenticate.close()
         await self.committer.close()
         await self.bus.close()
         await self.database.dispose()
@@ -175,6 +177,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
         database=database,
         health=health_servicer,
         committer=committer,
+        authenticate=authenticate,
         delivery=delivery,
         bus=bus,
         policies=policies,
