@@ -52,9 +52,9 @@ class Authenticator:
     async def close(self) -> None:
         """Let the lookups under way finish, once no call is left to start one.
 
-        A lookup outlives the callers that share it, and one cut off while it opens its
-        connection leaves that connection open for good: the pool does not close a connection
-        whose set-up was interrupted. One that storage does not answer in time is cancelled.
+        A lookup outlives the callers that share it: one still under way once storage is
+        released would open a connection that nothing then closes. One that storage does not
+        answer in time is cancelled.
         """
         if self._under_way:
             _, late = await asyncio.wait(self._under_way, timeout=_CLOSE_SECONDS)
