@@ -984,7 +984,7 @@ async def test_a_transaction_reads_back_hundreds_of_restated_periods(api: Runnin
 
     stream = RawStream(api, buyer.key, "restating-many")
     await stream.opened()
-    # The second batch restates the first's 500 periods, in reads of 256, 128 and 128 keys.
+    # The second batch restates the first's 500 periods, in two reads of 256 keys.
     for seq, count, spend in ((1, 500, 2 * M), (2, 600, 3)):
         stream.send(seq, minutes(count, spend))
         assert (await stream.ack()).disposition == pb.BATCH_DISPOSITION_COMMITTED

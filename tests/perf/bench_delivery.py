@@ -63,6 +63,7 @@ BATCH = 500
 MEDIA_BUYS = 50
 PLAN = "bench-plan"
 NO_FINDINGS = '{"findings":[]}'
+INSERT_PERIOD = "INSERT INTO delivery_periods VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 async def prepare(server: ServerProcess, admin: str) -> str:
@@ -208,7 +209,7 @@ def sqlite_bound(
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
     periods, outcome_rows = bound_rows(reports)
-    upsert_period = "INSERT INTO delivery_periods VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    upsert_period = INSERT_PERIOD
     if path is not None:
         upsert_period += (
             " ON CONFLICT (governance_context, period_start, period_end) DO UPDATE SET "
@@ -239,7 +240,7 @@ def store_neighbours(path: Path, neighbours: int, reports: int) -> None:
         for n in range(neighbours)
     )  # fmt: skip
     with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.executemany(f"INSERT INTO delivery_periods VALUES ({', '.join('?' * 12)})", rows)
+        db.executemany(INSERT_PERIOD, rows)
 
 
 async def reckon_run(
@@ -256,7 +257,7 @@ async def reckon_run(
     try:
         key = await prepare(server, admin)
         if neighbours:
-            store_neighbours(Path(url.removeprefix("sqlite+aiosqlite:///")), neighbours, reports)
+            store_neighbours(Path(str(sa.make_url(url).database)), neighbours, reports)
         before, database_before = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         thread_before = server.writer_thread_seconds()
         result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
