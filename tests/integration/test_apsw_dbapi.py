@@ -164,3 +164,28 @@ def test_a_closed_connection_is_a_disconnect(engine: sa.Engine) -> None:
         cursor.execute("SELECT 1")
     assert engine.dialect.is_disconnect(closed.value, None, None)
     raw.invalidate()
+
+
+def test_a_statement_run_once_a_transaction_stays_prepared_for_the_next(
+    engine: sa.Engine,
+) -> None:
+    """A delivery transaction runs its statements a couple of hundred times between two runs
+    of the statements it runs once (each set of values of an executemany counts): those must
+    still be prepared when the next transaction comes, not parsed again."""
+
+    def transaction(conn: sa.Connection, number: int) -> None:
+        conn.exec_driver_sql("SELECT count(*) FROM notes WHERE pinned = ?", (True,)).all()
+        conn.exec_driver_sql(
+            "INSERT INTO notes (title, at, pinned) VALUES (?, ?, ?)",
+            [(f"note {number}.{n}", 0, False) for n in range(200)],
+        )
+
+    with engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        assert isinstance(dbapi_connection, apsw_dbapi.Connection)
+        with conn.begin():
+            transaction(conn, 1)
+        parsed = dbapi_connection.apsw_connection.cache_stats()["misses"]
+        with conn.begin():
+            transaction(conn, 2)
+        assert dbapi_connection.apsw_connection.cache_stats()["misses"] == parsed
