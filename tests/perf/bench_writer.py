@@ -10,7 +10,8 @@ writer's engine with its write-ahead log checkpointer, their reply pickled, comm
 first transactions warm up (imports, prepared statements) and are not counted. Prints the
 CPU time per report, which follows the machine's speed of the minute; `--instructions`
 applies the same transactions again under valgrind's callgrind and prints the instructions
-per report of the counted ones, which do not (it needs valgrind).
+per report of the counted ones, which do not (it needs valgrind); `--profile FILE` keeps
+callgrind's profile of them in FILE, for `callgrind_annotate --inclusive=yes FILE`.
 """
 
 from __future__ import annotations
@@ -126,13 +127,13 @@ def fresh_copy(directory: Path) -> None:
         (directory / f"run.db{suffix}").unlink(missing_ok=True)
 
 
-def instructions(directory: Path) -> int:
+def instructions(directory: Path, profile: str) -> int:
     """Instructions of the counted transactions, applied again under callgrind."""
     run = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
+            f"--callgrind-out-file={profile}",
             "--collect-atstart=no",
             "--toggle-collect=functools_reduce",
             sys.executable,
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=60_000)
     parser.add_argument("--per-transaction", type=int, default=1500)
     parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--profile", default=os.devnull)
     parser.add_argument("--apply", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.apply:
@@ -174,9 +176,10 @@ def main() -> None:
             f"writer: {counted:,} reports in transactions of {args.per_transaction:,}: "
             f"{seconds / counted * 1e6:.2f} us of CPU per report"
         )
-        if args.instructions:
+        if args.instructions or args.profile != os.devnull:
             (directory / "transactions.pickle").write_bytes(pickle.dumps(payloads))
-            print(f"writer: {instructions(directory) / counted:,.0f} instructions per report")
+            counted_instructions = instructions(directory, args.profile)
+            print(f"writer: {counted_instructions / counted:,.0f} instructions per report")
 
 
 if __name__ == "__main__":
