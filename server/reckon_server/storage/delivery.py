@@ -193,6 +193,11 @@ class StreamBatch:
         return (_unpickled_batch, ((*fields, self.now), reports))
 
 
+_as_report = tuple.__new__
+"""A report from its plain tuple: what `StreamReport._make` calls, without the call into
+Python around it, once per report."""
+
+
 def _unpickled_batch(
     fields: tuple[str, str, str, int, int, datetime], reports: list[tuple[Any, ...] | ReckonError]
 ) -> StreamBatch:
@@ -203,7 +208,7 @@ def _unpickled_batch(
         stream_id,
         generation,
         seq,
-        [r if isinstance(r, ReckonError) else StreamReport._make(r) for r in reports],
+        [r if isinstance(r, ReckonError) else _as_report(StreamReport, r) for r in reports],
         now,
     )
 
