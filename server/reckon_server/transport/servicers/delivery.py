@@ -442,9 +442,10 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
         and (completion is None or 0 <= completion <= 1)
         and not present("ext")
     ):
-        # _make: a third of the cost of the named tuple's own constructor. Microseconds
-        # truncate the nanos, as Timestamp.ToDatetime does.
-        return StreamReport._make(
+        # tuple.__new__, which `_make` calls: a fraction of the cost of the named tuple's
+        # own constructor. Microseconds truncate the nanos, as Timestamp.ToDatetime does.
+        return tuple.__new__(
+            StreamReport,
             (
                 plan_id,
                 context,
@@ -456,7 +457,7 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
                 cpm,
                 viewability,
                 completion,
-            )
+            ),
         )
     path = f"reports[{index}]"
     out = nul_violations(item, path)
