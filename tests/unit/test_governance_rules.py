@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reckon_server.domain.actions import Action, Package
@@ -16,6 +16,8 @@ from reckon_server.domain.findings import Finding, Severity
 from reckon_server.domain.governance import Decision, Headroom, PlanTerms, evaluate
 from reckon_server.domain.money import format_money, micros_to_units, units_to_micros
 from reckon_server.domain.pacing import (
+    DeliveryFigures,
+    DeliveryRules,
     Pacing,
     cpm_finding,
     overspend_finding,
@@ -367,3 +369,52 @@ def test_a_trickle_of_spend_has_no_exhaustion_date_and_does_not_overflow() -> No
     finding = pacing_finding(figures)
     assert finding is not None
     assert "projected_exhaustion" not in finding.details
+
+
+@settings(max_examples=1000)
+@given(
+    committed=st.integers(1, 10**13),
+    flight_minutes=st.integers(1, 400 * 1440),
+    elapsed_minutes=st.integers(-1440, 420 * 1440),
+    period_minutes=st.integers(1, 7 * 1440),
+    pace_basis_points=st.integers(-10_000, 20_000),
+    threshold_pct=st.integers(2, 95),
+)
+def test_a_streams_rules_give_every_pacing_finding_the_exact_rules_give(
+    committed: int,
+    flight_minutes: int,
+    elapsed_minutes: int,
+    period_minutes: int,
+    pace_basis_points: int,
+    threshold_pct: int,
+) -> None:
+    """The rules of a stream's reports estimate pacing in floats first, to skip the exact
+    arithmetic for reports plainly on plan; the estimate must never skip one that is not.
+    Spend is drawn around the plan's, so that many cases fall near the threshold."""
+    planned = committed * max(elapsed_minutes, 0) // flight_minutes
+    cumulative = max(0, planned + planned * pace_basis_points // 10_000)
+    start = day("2026-01-01")
+    end = start + timedelta(minutes=flight_minutes)
+    period_end = start + timedelta(minutes=elapsed_minutes)
+    figures = DeliveryFigures(
+        "mb_1", period_end - timedelta(minutes=period_minutes), period_end, 1_000, 0
+    )
+    rules = DeliveryRules(
+        committed_micros=committed,
+        settled=False,
+        flight_start=start,
+        flight_end=end,
+        currency="USD",
+        threshold_pct=threshold_pct,
+    )
+    exact = pacing(
+        committed_micros=committed,
+        flight_start=start,
+        flight_end=end,
+        period_start=figures.period_start,
+        period_end=period_end,
+        period_spend_micros=figures.spend_micros,
+        cumulative_spend_micros=cumulative,
+    )
+    expected = None if exact is None else pacing_finding(exact, threshold_pct)
+    assert rules.findings(figures, cumulative) == ([] if expected is None else [expected])

@@ -265,10 +265,13 @@ class DeliveryRules:
         self._flight_start_us = epoch_micros(flight_start)
         self._flight_end_us = epoch_micros(flight_end)
         flight_days = (self._flight_end_us - self._flight_start_us) / 1_000_000 / _DAY
-        self._weekly: float | None = None
-        """Planned spend per week, for the quick pacing estimate; None when undefined."""
+        self._planned_per_us: float | None = None
+        """Planned spend per microsecond of flight, for the quick pacing estimate; None when
+        undefined."""
         if committed_micros > 0 and flight_days > 0:
-            self._weekly = committed_micros / max(1, math.floor(flight_days / _WEEK + 0.5))
+            weekly = committed_micros / max(1, math.floor(flight_days / _WEEK + 0.5))
+            self._planned_per_us = weekly / _WEEK_US
+        self._estimate_margin = (threshold_pct - 1) / 100
 
     def findings(self, figures: PeriodFigures, cumulative_micros: int) -> list[Finding]:
         """Every finding of one report, given the campaign's cumulative spend after it."""
@@ -298,9 +301,10 @@ class DeliveryRules:
     def _may_be_off_pace(self, period_end_us: int, cumulative: int) -> bool:
         """A float estimate of |overpace|, with a margin, so that the exact rational
         arithmetic runs only for reports near or past the threshold (streams carry many
-        on-plan reports)."""
-        elapsed_days = (period_end_us - self._flight_start_us) / 1_000_000 / _DAY
-        if self._weekly is None or elapsed_days <= 0:
+        on-plan reports): |cumulative / expected - 1| against the threshold less a point,
+        without its division."""
+        elapsed_us = period_end_us - self._flight_start_us
+        if self._planned_per_us is None or elapsed_us <= 0:
             return False
-        expected = self._weekly * elapsed_days / _WEEK
-        return abs((cumulative / expected - 1) * 100) >= self._threshold - 1
+        expected = self._planned_per_us * elapsed_us
+        return abs(cumulative - expected) >= expected * self._estimate_margin
