@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 import sqlalchemy as sa
 
 from reckon_server.errors import Reason, ReckonError
+from reckon_server.storage import apsw_dbapi
 from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.sqlite_writer import SqliteWriter
 
@@ -134,3 +136,36 @@ def test_a_writer_that_cannot_start_fails_what_it_was_sent_and_the_next_one_star
     with sqlite3.connect(path) as db:
         assert [v for (v,) in db.execute("SELECT value FROM notes")] == ["after"]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@dataclass(frozen=True)
+class InsertManyAtOnce:
+    """One statement of many rows with a text value each, as new periods and outcomes go in;
+    returns how often its connection found SQLite's lookaside memory full."""
+
+    rows: int
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        values = ", ".join(["(?)"] * self.rows)
+        conn.exec_driver_sql(
+            f"INSERT INTO notes VALUES {values}", tuple(f"note {n}" for n in range(self.rows))
+        )
+        dbapi_connection = conn.connection.dbapi_connection
+        assert isinstance(dbapi_connection, apsw_dbapi.Connection)
+        _, full = dbapi_connection.apsw_connection.status(apsw.SQLITE_DBSTATUS_LOOKASIDE_MISS_FULL)
+        return full
+
+
+def test_the_writer_binds_a_statement_of_many_rows_without_going_to_malloc(
+    tmp_path: Path,
+) -> None:
+    """Each text value bound is copied, and held until the statement runs again: with SQLite's
+    few default lookaside slots, most of a many-row statement's copies went to malloc."""
+    path = tmp_path / "writer.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (value TEXT)")
+    writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
+    try:
+        assert writer.submit(InsertManyAtOnce(999)).result(timeout=30) == 0
+    finally:
+        writer.close()

@@ -49,6 +49,7 @@ from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
 from reckon.v1 import delivery_service_pb2 as delivery_pb
 from reckon.v1 import governance_service_pb2 as pb
 from reckon_server.clock import epoch_micros
+from reckon_server.storage import apsw_dbapi
 from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.schema import Base, delivery_periods, plan_outcomes
 from reckon_server.storage.sql import BulkInsert
@@ -166,8 +167,9 @@ def bound_rows(reports: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...
 
 
 def writer_bound(path: Path, reports: int) -> float:
-    """Reports/s of both rows written as the SQLite writer process writes them (its engine
-    and statements), 500 reports per transaction, in the server's own tables."""
+    """Reports/s of both rows written as the SQLite writer process writes them (its engine,
+    statements and SQLite options), 500 reports per transaction, in the server's own tables."""
+    apsw_dbapi.configure_process()
     engine = sqlite_batch_engine(f"sqlite:///{path}")
     Base.metadata.create_all(engine, tables=[delivery_periods, plan_outcomes])
     periods, outcome_rows = bound_rows(reports)
@@ -443,9 +445,10 @@ async def main(reports: int) -> None:
         through_apsw = sqlite_bound(
             Path(tmp) / "apsw.db", reports, outcomes=True, through_apsw=True
         )
-        writers_way = writer_bound(Path(tmp) / "writer.db", reports)
         handing_over = sqlite_bound(None, reports, outcomes=True)
         handing_over_apsw = sqlite_bound(None, reports, outcomes=True, through_apsw=True)
+        # Last of them: it sets SQLite's options for every apsw connection after it.
+        writers_way = writer_bound(Path(tmp) / "writer.db", reports)
         sqlite, sqlite_rss = await sqlite_run(Path(tmp), reports, ON_PLAN_SPEND)
         off_pace, off_pace_rss = await sqlite_run(Path(tmp), reports, OFF_PACE_SPEND)
     postgres = start_postgres(private=True)

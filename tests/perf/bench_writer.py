@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from reckon_server.services.delivery import _stream_rules
+from reckon_server.storage import apsw_dbapi
 from reckon_server.storage import delivery as store
 from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.group_commit import _ApplyAll
@@ -92,6 +93,7 @@ def transactions(directory: Path, reports: int, per_transaction: int) -> list[by
 
 def apply(directory: Path, payloads: list[bytes]) -> tuple[int, float]:
     """Reports applied after the warm-up, and their CPU seconds."""
+    apsw_dbapi.configure_process()
     engine = sqlite_batch_engine(f"sqlite:///{directory / 'run.db'}")
     with engine.connect() as conn, _checkpointing(conn):
 

@@ -201,6 +201,7 @@ def _stop(process: BaseProcess) -> None:
 def _serve(url: str, engine_factory: EngineFactory, pipe: Connection) -> None:
     # Ctrl-C reaches the whole process group; the server decides when its writer stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    apsw_dbapi.configure_process()
     engine = engine_factory(url)
     # One connection for the life of the process: a pool checkout and reset per batch cost
     # as much as a small batch's statements.
