@@ -30,6 +30,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from reckon_server.domain.pacing import DEFAULT_THRESHOLD_PCT
 from reckon_server.services.delivery import _stream_rules
 from reckon_server.storage import apsw_dbapi
 from reckon_server.storage import delivery as store
@@ -69,7 +70,7 @@ def transactions(directory: Path, reports: int, per_transaction: int) -> list[by
         ).one()
     engine.dispose()
     op = store.ApplyDeliveryBatches(
-        functools.partial(_stream_rules, threshold_pct=10), terms_from_document
+        functools.partial(_stream_rules, threshold_pct=DEFAULT_THRESHOLD_PCT), terms_from_document
     )
     first_sent = datetime.now(UTC)
     stream_batches = [

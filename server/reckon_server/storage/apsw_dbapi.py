@@ -115,7 +115,8 @@ def configure_process() -> None:
     keeps a few dozen. A statement of many rows holds a copy of each text value bound to
     it (apsw binds text for SQLite to copy), hundreds at once, and the default slots ran out
     at the start of every such statement: about two allocations in three then went to
-    malloc, and inserting a report's two rows took about a fifth longer."""
+    malloc, which cost the writer process 8 % more instructions per streamed report
+    (`tests.perf.bench_writer`)."""
     apsw.shutdown()
     apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, _LOOKASIDE_SLOT_BYTES, _LOOKASIDE_SLOTS)
     apsw.initialize()
@@ -129,8 +130,8 @@ STATEMENTS_KEPT = 256
 """Prepared statements a connection keeps. apsw puts a statement back in its cache each time
 it runs (each set of values of an executemany counts), evicting the one put back longest
 ago: with its default of 100, the hundred-odd runs of a delivery transaction evicted every
-statement the transaction runs once, and the next transaction parsed them all again, for
-about 3 % of the writer's time per report."""
+statement the transaction runs once, and the next transaction parsed them all again: 3 % of
+the writer's instructions per report in transactions of 1,500 reports, more in smaller ones."""
 
 
 def connect(
