@@ -193,22 +193,18 @@ class StreamBatch:
         return (_unpickled_batch, ((*fields, self.now), reports))
 
 
-_as_report = tuple.__new__
-"""A report from its plain tuple: what `StreamReport._make` calls, without the call into
-Python around it, once per report."""
-
-
 def _unpickled_batch(
     fields: tuple[str, str, str, int, int, datetime], reports: list[tuple[Any, ...] | ReckonError]
 ) -> StreamBatch:
     org_id, principal_id, stream_id, generation, seq, now = fields
+    # tuple.__new__, which `StreamReport._make` calls, without _make's Python frame.
     return StreamBatch(
         org_id,
         principal_id,
         stream_id,
         generation,
         seq,
-        [r if isinstance(r, ReckonError) else _as_report(StreamReport, r) for r in reports],
+        [r if isinstance(r, ReckonError) else tuple.__new__(StreamReport, r) for r in reports],
         now,
     )
 
