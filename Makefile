@@ -11,7 +11,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 GO_MODULES := generated/go clients/go
 
-.PHONY: help deps generate check-generated lint types test test-python test-ts test-go serve bench clean
+.PHONY: help deps native generate check-generated lint types test test-python test-ts test-go serve bench clean
 
 help:
 	@echo "make serve            start the server on SQLite (./reckon.db, 127.0.0.1:50051)"
@@ -19,6 +19,7 @@ help:
 	@echo "make generate         regenerate generated/{python,ts,go} from proto/"
 	@echo "make lint | types     ruff + buf lint/format/breaking | mypy strict, tsc, go vet"
 	@echo "make bench            benchmarks (print figures)"
+	@echo "make native           compile the writer's hot modules with mypyc (part of deps)"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +36,22 @@ $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc &:
 	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO)
 	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO_GRPC)
 
-deps: $(BIN)/.installed node_modules/.installed $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+# The modules of reckon_server/native.py, compiled by mypyc beside their sources (a build
+# older than its source stops the package from importing: this rule rebuilds it first).
+NATIVE_SOURCES := reckon_server/storage/delivery.py reckon_server/domain/pacing.py
+NATIVE_STAMP := server/build/native.stamp
+
+$(NATIVE_STAMP): $(BIN)/.installed $(addprefix server/,$(NATIVE_SOURCES))
+	cd server && ../$(BIN)/mypyc --config-file ../pyproject.toml $(NATIVE_SOURCES) > build.log 2>&1 \
+	  || { cat build.log; exit 1; }
+	rm -f server/build.log
+	@# Copied only when changed, with their old times: a build is as new as this run.
+	find server -name '*.so' -not -path 'server/build/*' -exec touch {} +
+	touch $@
+
+native: $(NATIVE_STAMP)
+
+deps: $(BIN)/.installed node_modules/.installed $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc native
 
 generate: deps
 	rm -rf generated/python/reckon generated/ts generated/go/reckon
@@ -88,4 +104,5 @@ bench: deps
 	$(BIN)/python -m tests.perf.run
 
 clean:
-	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .tools .mypy_cache .ruff_cache .pytest_cache server/build
+	find server -name '*.so' -delete

@@ -19,6 +19,7 @@ from sqlalchemy import make_url
 from reckon_server.domain.principals import Role, validate_name
 from reckon_server.errors import ReckonError
 from reckon_server.export import DECISIONS, OUTCOMES, CsvWriter, JsonlWriter, as_document
+from reckon_server.native import running_compiled
 from reckon_server.services.audit import verify_chain
 from reckon_server.settings import Settings
 from reckon_server.storage import audit as audit_store
@@ -224,6 +225,8 @@ async def _serve(_args: argparse.Namespace, settings: Settings) -> int:
     _settle_heap()
     host = settings.listen.rsplit(":", 1)[0]
     log.info("reckon listening on %s:%d (%s)", host, port, _redacted(settings.database_url))
+    compiled = running_compiled()
+    log.info("compiled modules: %s", ", ".join(compiled) if compiled else "none (`make native`)")
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@ whole, and a dead writer is replaced."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -16,6 +17,7 @@ import apsw
 import pytest
 import sqlalchemy as sa
 
+from reckon_server import native
 from reckon_server.errors import Reason, ReckonError
 from reckon_server.storage import apsw_dbapi
 from reckon_server.storage.database import sqlite_batch_engine
@@ -167,5 +169,27 @@ def test_the_writer_binds_a_statement_of_many_rows_without_going_to_malloc(
     writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
     try:
         assert writer.submit(InsertManyAtOnce(999)).result(timeout=30) == 0
+    finally:
+        writer.close()
+
+
+@dataclass(frozen=True)
+class CompiledModules:
+    """Returns which of the modules that `make` compiles the writer process runs built."""
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        for name in native.COMPILED:
+            importlib.import_module(name)
+        return native.running_compiled()
+
+
+def test_the_writer_runs_the_compiled_transaction(tmp_path: Path) -> None:
+    """The suite runs after `make native`: the writer process applies streamed reports with
+    the build, not the interpreted source."""
+    path = tmp_path / "writer.db"
+    sqlite3.connect(path).close()
+    writer = SqliteWriter(f"sqlite+aiosqlite:///{path}", sqlite_batch_engine)
+    try:
+        assert writer.submit(CompiledModules()).result(timeout=30) == list(native.COMPILED)
     finally:
         writer.close()

@@ -293,18 +293,19 @@ async def open_stream(
             where=delivery_streams.c.principal_id == principal_id,
         )
     )
-    row = (
-        await conn.execute(
-            sa.select(
-                delivery_streams.c.principal_id,
-                delivery_streams.c.generation,
-                delivery_streams.c.next_seq,
-            ).where(delivery_streams.c.org_id == org_id, delivery_streams.c.stream_id == stream_id)
-        )
-    ).one()
-    if row.principal_id != principal_id:
+    # Any: compiled (see `native`), a value typed as a Row is checked to be a tuple, which a
+    # Row is not.
+    stored: Any = await conn.execute(
+        sa.select(
+            delivery_streams.c.principal_id,
+            delivery_streams.c.generation,
+            delivery_streams.c.next_seq,
+        ).where(delivery_streams.c.org_id == org_id, delivery_streams.c.stream_id == stream_id)
+    )
+    principal, generation, next_seq = stored.one()
+    if principal != principal_id:
         return None
-    return int(row.generation), int(row.next_seq)
+    return int(generation), int(next_seq)
 
 
 async def stream_generations(
@@ -313,7 +314,7 @@ async def stream_generations(
     """The stored generation of each of these (org, stream id)."""
     if not streams:
         return {}
-    rows = await conn.execute(
+    rows: Any = await conn.execute(  # Any: see open_stream
         sa.select(
             delivery_streams.c.org_id, delivery_streams.c.stream_id, delivery_streams.c.generation
         ).where(sa.tuple_(delivery_streams.c.org_id, delivery_streams.c.stream_id).in_(streams))
@@ -329,6 +330,10 @@ class ApplyDeliveryBatches:
     def __init__(self, rules_of: RulesOf, terms_of: TermsOf) -> None:
         self._rules_of = rules_of
         self._terms_of = terms_of
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Compiled (see `native`), a class is unpickled by calling it, with these arguments.
+        return (ApplyDeliveryBatches, (self._rules_of, self._terms_of))
 
     def apply(
         self, conn: sa.Connection, batches: Sequence[StreamBatch]

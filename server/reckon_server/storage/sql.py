@@ -90,7 +90,7 @@ class DriverQuery:
         self._statement = statement
         self._compiled: dict[tuple[str, tuple[tuple[str, int], ...]], _Compiled] = {}
 
-    def rows(self, conn: sa.Connection, **params: Any) -> list[tuple[Any, ...]]:
+    def rows(self, conn: sa.Connection, **params: Any) -> list[Sequence[Any]]:
         for name, value in params.items():
             if isinstance(value, list) and value:
                 params[name] = value + value[-1:] * (
