@@ -391,7 +391,7 @@ class ApplyDeliveryBatches:
         count = sum(len(b.reports) for b in batches)
         for org_id, plan_id in sorted({(org_id, plan_id) for org_id, plan_id, _, _ in named}):
             for owner_id, status, plan_hash in _LOCK_PLAN.rows(conn, org=org_id, plan=plan_id):
-                [(spend,)] = _PLAN_SPEND.rows(conn, org=org_id, plan=plan_id)
+                [(delivered,)] = _PLAN_SPEND.rows(conn, org=org_id, plan=plan_id)
                 [(last,)] = _NEXT_TRAIL_AT.rows(
                     conn, org=org_id, plan=plan_id, now=latest_us, count=count
                 )
@@ -400,7 +400,7 @@ class ApplyDeliveryBatches:
                     status,
                     plan_hash,
                     _terms(self._terms_of, conn, org_id, plan_id, plan_hash),
-                    int(spend),
+                    int(delivered),
                     int(last) - count + 1,
                 )
         campaign_rows = self._campaigns(conn, named, plans)
@@ -412,6 +412,13 @@ class ApplyDeliveryBatches:
         restated_periods: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
         applied: list[BatchApplied] = []
+        # Any: compiled (see `native`), an int local is unboxed, and every row or key it then
+        # goes into would box it again, as an object of its own.
+        now_us: Any
+        start_us: Any
+        end_us: Any
+        spend: Any
+        impressions: Any
         for batch in batches:
             org_id, now_us = batch.org_id, epoch_micros(batch.now)
             new_ids = iter(outcome_ids(batch.now, len(batch.reports)))
