@@ -36,16 +36,18 @@ $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc &:
 	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO)
 	GOBIN=$(TOOLS) go install $(PROTOC_GEN_GO_GRPC)
 
-# The modules of reckon_server/native.py, compiled by mypyc beside their sources (a build
-# older than its source stops the package from importing: this rule rebuilds it first).
-NATIVE_SOURCES := reckon_server/storage/delivery.py reckon_server/domain/pacing.py
+# The modules of reckon_server/native.py, compiled by mypyc beside their sources (a stale
+# build stops the package from importing: this rule replaces every build first).
+NATIVE_SOURCES := $(shell $(PYTHON) server/reckon_server/native.py)
 NATIVE_STAMP := server/build/native.stamp
 
-$(NATIVE_STAMP): $(BIN)/.installed $(addprefix server/,$(NATIVE_SOURCES))
+$(NATIVE_STAMP): $(BIN)/.installed server/reckon_server/native.py \
+		$(addprefix server/,$(NATIVE_SOURCES))
+	find server -name '*.so' -not -path 'server/build/*' -delete
 	cd server && ../$(BIN)/mypyc --config-file ../pyproject.toml $(NATIVE_SOURCES) > build.log 2>&1 \
 	  || { cat build.log; exit 1; }
 	rm -f server/build.log
-	@# Copied only when changed, with their old times: a build is as new as this run.
+	@# Copied from build/ with the times they were built at, which may be older than a source.
 	find server -name '*.so' -not -path 'server/build/*' -exec touch {} +
 	touch $@
 
