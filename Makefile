@@ -39,9 +39,10 @@ $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc &:
 # The modules of reckon_server/native.py, compiled by mypyc beside their sources (a stale
 # build stops the package from importing: this rule replaces every build first).
 NATIVE_SOURCES := $(shell $(PYTHON) server/reckon_server/native.py)
-NATIVE_STAMP := server/build/native.stamp
+EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+NATIVE_BUILDS := $(addprefix server/,$(NATIVE_SOURCES:.py=$(EXT_SUFFIX)))
 
-$(NATIVE_STAMP): $(BIN)/.installed server/reckon_server/native.py \
+$(NATIVE_BUILDS) &: $(BIN)/.installed server/reckon_server/native.py \
 		$(addprefix server/,$(NATIVE_SOURCES))
 	find server -name '*.so' -not -path 'server/build/*' -delete
 	cd server && ../$(BIN)/mypyc --config-file ../pyproject.toml $(NATIVE_SOURCES) > build.log 2>&1 \
@@ -49,9 +50,8 @@ $(NATIVE_STAMP): $(BIN)/.installed server/reckon_server/native.py \
 	rm -f server/build.log
 	@# Copied from build/ with the times they were built at, which may be older than a source.
 	find server -name '*.so' -not -path 'server/build/*' -exec touch {} +
-	touch $@
 
-native: $(NATIVE_STAMP)
+native: $(NATIVE_BUILDS)
 
 deps: $(BIN)/.installed node_modules/.installed $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc native
 
