@@ -11,11 +11,10 @@ so the child does not idle while a reply travels back and the next batch is put 
 One thread sends and another reads the replies, which arrive in the order of the sends.
 
 The child runs nothing but these transactions, on a synchronous engine over apsw (see
-`apsw_dbapi`: it binds and steps rows for much less CPU) configured like the
-server's own connections, with SQLite's process-wide options of its own
-(`apsw_dbapi.configure_process`), and copies the write-ahead log back into the database on
-a thread of its own (see `WalCheckpointer`). It ends when the pipe closes, including when the server
-is killed.
+`apsw_dbapi`: it binds and steps rows for much less CPU) configured like the server's own
+connections, with SQLite's process-wide options of its own (`apsw_dbapi.configure_process`),
+and copies the write-ahead log back into the database on a thread of its own (see
+`WalCheckpointer`). It ends when the pipe closes, including when the server is killed.
 """
 
 from __future__ import annotations
