@@ -23,6 +23,7 @@ from tests.support.delivery import (
     report,
     settled_task_count,
     stored_next_seq,
+    stream_commits_held,
 )
 from tests.support.governance import M
 
@@ -202,5 +203,36 @@ async def test_a_server_with_no_room_for_another_stream_is_waited_out(database_u
             await streamer.close()
         assert await stored_next_seq(api.database_url, "patient-1") == 3
         assert (await buyer.state(PLAN)).spend_micros == 3 * M
+    finally:
+        await api.close()
+
+
+async def test_the_streamer_keeps_the_window_the_server_offers(database_url: str) -> None:
+    """As many batches un-acknowledged as the server reads ahead by default, fewer when asked,
+    never more: while commits are held, the batch past the server's window waits."""
+    api = await RunningServer.start(database_url, stream_window=3)
+    try:
+        buyer = await committed_plan(api, "windowed", PLAN, {"mb_1": 150_000})
+        async with Reckon(api.target, buyer.key) as reckon:
+            with pytest.raises(ValueError, match="window"):
+                DeliveryStreamer(reckon.delivery, "windowed", window=0)
+            for asked, kept in [(None, 3), (2, 2), (50, 3)]:
+                streamer = DeliveryStreamer(reckon.delivery, f"windowed-{asked}", window=asked)
+                await streamer.start()
+                assert streamer.window == kept
+                await streamer.close()
+            streamer = DeliveryStreamer(reckon.delivery, "held", batch_size=1, window=50)
+            await streamer.start()
+            async with stream_commits_held(api.database_url):
+                for day in (15, 16, 17):
+                    await streamer.add(report(PLAN, "mb_1", day, M))
+                past_the_window = asyncio.ensure_future(streamer.add(report(PLAN, "mb_1", 18, M)))
+                await asyncio.sleep(0.5)
+                assert not past_the_window.done()
+            await asyncio.wait_for(past_the_window, 30)
+            await streamer.flush()
+            await streamer.close()
+        assert await stored_next_seq(api.database_url, "held") == 5
+        assert (await buyer.state(PLAN)).spend_micros == 4 * M
     finally:
         await api.close()

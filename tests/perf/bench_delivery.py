@@ -49,6 +49,7 @@ from reckon.v1 import admin_service_pb2, admin_service_pb2_grpc
 from reckon.v1 import delivery_service_pb2 as delivery_pb
 from reckon.v1 import governance_service_pb2 as pb
 from reckon_server.clock import epoch_micros
+from reckon_server.services.delivery import StreamLimits
 from reckon_server.storage import apsw_dbapi
 from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.schema import Base, delivery_periods, plan_outcomes
@@ -460,8 +461,8 @@ async def main(reports: int) -> None:
         postgres.stop()
 
     print(
-        f"Delivery benchmark: {reports:,} reports in batches of {BATCH}, window 8, "
-        f"client in its own process"
+        f"Delivery benchmark: {reports:,} reports in batches of {BATCH}, window "
+        f"{StreamLimits.window} (the server's), client in its own process"
     )
     print(f"(a) no-op grpc.aio bidi servicer      {rate(baseline):>10,.0f} reports/s")
     print(f"(b) sqlite3 executemany, 500/txn      {storage:>10,.0f} reports/s")

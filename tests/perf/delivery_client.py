@@ -5,9 +5,11 @@
 
 Streams REPORTS reports over MEDIA_BUYS media buys (one period per report, so every row is
 distinct; report numbers start at FIRST, default 0, so runs can continue one another), BATCH
-per batch, keeping a window of 8 un-acked batches. Each report spends SPEND_MICROS in its
-minute, by default ON_PLAN_SPEND. Prints one JSON line: reports acknowledged, seconds, ack
-latency p50/p99 and the cores it used meanwhile (its CPU shares the machine with the server's).
+per batch, keeping as many batches un-acked as the server offers (its
+`StreamOpened.max_inflight_batches`, as `DeliveryStreamer` does). Each report spends
+SPEND_MICROS in its minute, by default ON_PLAN_SPEND. Prints one JSON line: reports
+acknowledged, seconds, ack latency p50/p99 and the cores it used meanwhile (its CPU shares the
+machine with the server's).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from grpc import aio
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import delivery_service_pb2_grpc, types_pb2
 
-WINDOW = 8
 START = datetime(2026, 3, 15, tzinfo=UTC)
 ON_PLAN_SPEND = 7_631_000
 """1,000,000 committed over 13 planned weeks is 7.631 a minute."""
@@ -76,13 +77,13 @@ async def main(
     work = batches(plan_id, media_buys, reports, size, offset, spend_micros)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
-    window = asyncio.Semaphore(WINDOW)
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with aio.insecure_channel(target, options=options) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         call = stub.StreamDelivery(metadata=(("authorization", f"Bearer {key}"),))
         await call.write(pb.StreamDeliveryRequest(open=pb.StreamOpen(stream_id=stream_id)))
-        await call.read()
+        opened = (await call.read()).opened
+        window = asyncio.Semaphore(opened.max_inflight_batches)
         started, cpu_started = time.perf_counter(), time.process_time()
 
         async def send() -> None:

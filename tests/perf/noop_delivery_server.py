@@ -12,6 +12,7 @@ from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import delivery_service_pb2_grpc, types_pb2
+from reckon_server.services.delivery import StreamLimits
 
 
 class NoopDelivery(delivery_service_pb2_grpc.DeliveryServiceServicer):  # type: ignore[misc]
@@ -24,8 +25,8 @@ class NoopDelivery(delivery_service_pb2_grpc.DeliveryServiceServicer):  # type: 
                     opened=pb.StreamOpened(
                         stream_id=request.open.stream_id,
                         next_seq=1,
-                        max_batch_reports=1000,
-                        max_inflight_batches=16,
+                        max_batch_reports=StreamLimits.max_batch_reports,
+                        max_inflight_batches=StreamLimits.window,
                     )
                 )
                 continue

@@ -28,12 +28,17 @@ _TRANSIENT = {
 _FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 
+_FALLBACK_WINDOW = 8
+"""Until a server offers its window (and with one that offers none)."""
+
+
 class DeliveryStreamer:
-    """Batches reports, keeps up to `window` batches un-acknowledged, and survives disconnects:
-    it reconnects with jittered exponential backoff, learns the server's `next_seq`, and
-    re-sends exactly the batches not yet committed. Every batch is acknowledged once, through
-    `on_ack`, with its per-report results (a batch committed just before a disconnect is
-    acknowledged without results: its ack was lost, its rows are not).
+    """Batches reports, keeps a window of batches un-acknowledged (as many as the server offers
+    in its `StreamOpened.max_inflight_batches`, or `window` if that is fewer), and survives
+    disconnects: it reconnects with jittered exponential backoff, learns the server's
+    `next_seq`, and re-sends exactly the batches not yet committed. Every batch is acknowledged
+    once, through `on_ack`, with its per-report results (a batch committed just before a
+    disconnect is acknowledged without results: its ack was lost, its rows are not).
 
     A failure the server classified (the `recovery` of its ErrorInfo) is retried when it is
     transient, no sooner than its RetryInfo asks, and fails the streamer otherwise. One that
@@ -52,7 +57,7 @@ class DeliveryStreamer:
         stream_id: str,
         *,
         batch_size: int = 500,
-        window: int = 8,
+        window: int | None = None,
         on_ack: AckHandler | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         metadata: tuple[tuple[str, str], ...] = (),
@@ -60,8 +65,11 @@ class DeliveryStreamer:
     ) -> None:
         self._stub = stub
         self._stream_id = stream_id
+        if window is not None and window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         self._batch_size = batch_size
-        self._window = window
+        self._window_asked = window
+        self._window = window or _FALLBACK_WINDOW
         self._on_ack = on_ack
         self._backoff = backoff
         self._metadata = metadata
@@ -90,6 +98,13 @@ class DeliveryStreamer:
         async with self._changed:
             await self._changed.wait_for(lambda: self._next_seq is not None or self._failure)
         self._raise_failure()
+
+    @property
+    def window(self) -> int:
+        """Batches this streamer keeps un-acknowledged at most, as of its latest connection:
+        a server stops reading past the window it offers, and every batch fewer than that
+        leaves its group commit smaller and its producer waiting on round trips."""
+        return self._window
 
     @property
     def next_seq(self) -> int:
@@ -197,6 +212,9 @@ class DeliveryStreamer:
                     )
                 if self._next_seq is None or self._next_seq < opened.next_seq:
                     self._next_seq = opened.next_seq
+                if opened.max_inflight_batches:
+                    offered = opened.max_inflight_batches
+                    self._window = min(self._window_asked or offered, offered)
                 self._changed.notify_all()
             sender = asyncio.ensure_future(self._send(outbox, opened.next_seq))
             while True:
