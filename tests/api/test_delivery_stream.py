@@ -418,7 +418,7 @@ async def test_a_fault_in_the_findings_rules_fails_that_report_alone(api: Runnin
                 )
             ).one()
         reports = [
-            _report(report(PLAN, "mb_1", day, spend), index)
+            _report(report(PLAN, "mb_1", day, spend), index, {})
             for index, (day, spend) in enumerate([(15, M), (16, FAULTY_SPEND), (17, 2 * M)])
         ]
         batch = StreamBatch(org_id, principal_id, "faulty-1", 1, opened.next_seq, reports, utcnow())

@@ -80,10 +80,11 @@ def transactions(directory: Path, reports: int, per_transaction: int) -> list[by
             STREAM,
             generation,
             next_seq + n,
-            [_report(item, index) for index, item in enumerate(batch.reports)],
+            [_report(item, index, names) for index, item in enumerate(batch.reports)],
             first_sent + timedelta(milliseconds=5 * n),
         )
         for n, batch in enumerate(batches(PLAN, MEDIA_BUYS, reports, BATCH, BATCH))
+        for names in [dict[str, str]()]
     ]
     each = max(1, per_transaction // BATCH)
     return [

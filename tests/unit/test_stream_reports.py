@@ -39,7 +39,7 @@ def test_a_report_keeps_its_times_and_tells_a_cpm_of_zero_from_none(
     item: pb.PlanDelivery, start_us: int, end_us: int, cpm: int | None
 ) -> None:
     """The epoch is a time like any other, and a CPM sent as 0 is 0, not absent."""
-    read = _report(item, 0)
+    read = _report(item, 0, {})
     assert isinstance(read, StreamReport)
     assert (read.start_us, read.end_us, read.cpm_micros) == (start_us, end_us, cpm)
     assert read.viewability_rate is None
@@ -54,8 +54,19 @@ def test_a_report_without_both_times_of_its_period_is_refused() -> None:
     no_start.delivery.reporting_period.ClearField("start")
     no_end.delivery.reporting_period.ClearField("end")
     for item in (no_period, no_start, no_end):
-        read = _report(item, 3)
+        read = _report(item, 3, {})
         assert isinstance(read, ReckonError)
         assert all(
             v.field.startswith("reports[3].delivery.reporting_period") for v in read.violations
         )
+
+
+def test_the_reports_of_a_batch_share_their_equal_names() -> None:
+    """One object per distinct name in a batch, which pickle then writes once."""
+    names: dict[str, str] = {}
+    first, second = (_report(delivery(3_600, 7_200), index, names) for index in (0, 1))
+    assert isinstance(first, StreamReport)
+    assert isinstance(second, StreamReport)
+    assert first == second
+    assert first.plan_id is second.plan_id
+    assert first.media_buy_id is second.media_buy_id

@@ -184,13 +184,14 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     rejected.error.CopyFrom(rich_status(error))
                     await acks.put(_ready(rejected))
                     continue
+                names: dict[str, str] = {}
                 stream_batch = StreamBatch(
                     principal.org_id,
                     principal.principal_id,
                     stream_id,
                     generation,
                     batch.seq,
-                    [_report(r, i) for i, r in enumerate(batch.reports)],
+                    [_report(r, i, names) for i, r in enumerate(batch.reports)],
                     utcnow(),
                 )
                 expected += 1
@@ -400,8 +401,13 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
     return ack
 
 
-def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
+def _report(item: pb.PlanDelivery, index: int, names: dict[str, str]) -> StreamReport | ReckonError:
     """A validated report, or the error it gets in its ack (the batch goes on).
+
+    `names` holds the plan ids, contexts and media buy ids of the batch's reports so far, so
+    that equal names are one object: pickle writes each once per batch on its way to the
+    writer, which then makes one string of it instead of one per report, and every lookup by
+    it there finds its hash already computed.
 
     Plainly valid reports take a direct path: every field is read once (each read of a
     decoded message costs about as much as a Python call) and checked against the same rules
@@ -444,12 +450,13 @@ def _report(item: pb.PlanDelivery, index: int) -> StreamReport | ReckonError:
     ):
         # tuple.__new__, which `_make` calls: a fraction of the cost of the named tuple's
         # own constructor. Microseconds truncate the nanos, as Timestamp.ToDatetime does.
+        shared = names.setdefault
         return tuple.__new__(
             StreamReport,
             (
-                plan_id,
-                context,
-                media_buy_id,
+                shared(plan_id, plan_id),
+                shared(context, context),
+                shared(media_buy_id, media_buy_id),
                 start_s * 1_000_000 + start_n // 1000,
                 end_s * 1_000_000 + end_n // 1000,
                 spend,
