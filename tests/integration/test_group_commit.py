@@ -15,7 +15,11 @@ import sqlalchemy as sa
 
 from reckon_server.errors import Reason, ReckonError
 from reckon_server.storage.database import Database
-from reckon_server.storage.group_commit import GroupCommitter
+from reckon_server.storage.group_commit import (
+    MAX_WEIGHT_POSTGRES,
+    MAX_WEIGHT_SQLITE,
+    GroupCommitter,
+)
 
 
 class Together:
@@ -173,3 +177,24 @@ async def test_sqlite_sends_a_heavy_batch_while_one_commits_and_applies_them_in_
         await database.dispose()
     with sqlite3.connect(path) as db:
         assert [v for (v,) in db.execute("SELECT value FROM notes ORDER BY rowid")] == list(order)
+
+
+async def test_a_backlog_commits_in_transactions_of_the_backends_size(
+    database: Database,
+) -> None:
+    """SQLite's writer gains from every larger transaction, PostgreSQL from none past a few
+    thousand rows: 40 items of 500 go in transactions of 17 (8,500) on SQLite, of 5 (2,500)
+    on PostgreSQL, each taking items until it reaches the cap."""
+    committer = GroupCommitter(database, linger_seconds=0)
+    op = Together()
+    cap = MAX_WEIGHT_SQLITE if database.is_sqlite else MAX_WEIGHT_POSTGRES
+    try:
+        shared = await asyncio.gather(
+            *(committer.submit(op, str(n), weight=500) for n in range(40))
+        )
+        per_transaction = -(-cap // 500)
+        full, rest = divmod(40, per_transaction)
+        expected = [per_transaction] * (full * per_transaction) + [rest] * rest
+        assert [len(items) for items in shared] == expected
+    finally:
+        await committer.close()
