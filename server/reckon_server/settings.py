@@ -81,6 +81,10 @@ class Settings:
     Larger transactions cost the server and the database less per write; a lone writer never
     waits."""
 
+    group_commit_max_rows: int = 0
+    """Rows (a delivery batch counts its reports) a group-commit transaction takes at most; 0
+    for the backend's own: 8,192 on SQLite, 2,048 on PostgreSQL (`storage.group_commit`)."""
+
     db_pool_size: int = 8
     """Connections held by the PostgreSQL pool (SQLite uses one writer connection)."""
 
@@ -128,6 +132,7 @@ _NON_NEGATIVE = {
     "auth_cache_seconds",
     "pacing_threshold_pct",
     "group_commit_linger_ms",
+    "group_commit_max_rows",
 }
 
 

@@ -1121,3 +1121,27 @@ async def test_streams_that_go_away_leave_nothing_behind_on_the_server(
     for n in range(1, 21):
         await open_and_drop(n)
     assert await settled_task_count() <= before
+
+
+async def test_a_backlog_commits_in_transactions_of_at_most_the_rows_set(
+    database_url: str,
+) -> None:
+    """RECKON_GROUP_COMMIT_MAX_ROWS: eight batches of two reports read while commits are held
+    commit one to a transaction with the cap at two, where they would otherwise share."""
+    api = await RunningServer.start(database_url, group_commit_max_rows=2)
+    try:
+        buyer = await committed_plan(api, "capped", PLAN, {"mb_1": 150_000})
+        stream = RawStream(api, buyer.key, "capped-1")
+        await stream.opened()
+        before = api.server.committer.batches
+        async with stream_commits_held(api.database_url):
+            for seq, day in enumerate(range(15, 31, 2), 1):
+                stream.send(seq, [report(PLAN, "mb_1", day, M), report(PLAN, "mb_1", day + 1, M)])
+            await until(lambda: api.server.delivery.uncommitted_batches == 8)
+        acks = [await stream.ack() for _ in range(8)]
+        assert [a.disposition for a in acks] == [pb.BATCH_DISPOSITION_COMMITTED] * 8
+        assert api.server.committer.batches - before == 8
+        assert (await buyer.state(PLAN)).spend_micros == 16 * M
+        stream.close()
+    finally:
+        await api.close()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.perf.bench_delivery [--reports 200000]
         [--soak 10000000 [--producer-reports 500000]] [--crowd 60]
-        [--sqlite-only | --off-pace-only | --neighbours 200]
+        [--sqlite-only | --off-pace-only | --postgres-only | --neighbours 200]
 
 (a) a no-op grpc.aio bidi servicer with the same messages (the transport bound), (b) the same
 delivery rows upserted by plain sqlite3 executemany, 500 per transaction (the storage bound;
@@ -20,10 +20,11 @@ resource tracker), and how long GetPlanAuditLogs takes over the growing plan: it
 file (the most the log has held). `--crowd N` has N
 producers each send 20 batches of 1,000 reports while another connection holds SQLite's
 write lock, then lets the backlog commit, and prints the server's RSS before, while held and
-at its peak. `--sqlite-only` and `--off-pace-only` run (c) or (e) alone: quick to repeat when
-comparing two versions of the server. `--neighbours N` runs (c) alone after storing periods of
-N other campaigns for every minute its reports cover, as other tenants reporting over the
-same hours would have.
+at its peak. `--sqlite-only`, `--off-pace-only` and `--postgres-only` run (c), (e) or (d)
+alone: quick to repeat when comparing two versions of the server, or two settings (the
+server it starts takes `RECKON_*` from the environment). `--neighbours N` runs (c) alone
+after storing periods of N other campaigns for every minute its reports cover, as other
+tenants reporting over the same hours would have.
 """
 
 from __future__ import annotations
@@ -382,6 +383,7 @@ async def crowd(streams: int, batches_each: int = 20) -> None:
 
 SQLITE = "(c) StreamDelivery on SQLite"
 OFF_PACE = "(e) (c) with a finding per report"
+POSTGRES = "(d) StreamDelivery on PostgreSQL"
 
 
 def rate(result: dict[str, float]) -> float:
@@ -428,6 +430,20 @@ async def sqlite_run(
     return await reckon_run(url, reports, spend_micros, neighbours=neighbours)
 
 
+async def postgres_run(reports: int) -> tuple[dict[str, float], float]:
+    postgres = start_postgres(private=True)
+    try:
+        return await reckon_run(
+            await postgres.create_database(), reports, database_cpu=postgres.cpu_seconds
+        )
+    finally:
+        postgres.stop()
+
+
+async def postgres_alone(reports: int) -> None:
+    print_run(POSTGRES, *await postgres_run(reports))
+
+
 async def alone(name: str, reports: int, spend_micros: int, neighbours: int = 0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result, rss = await sqlite_run(Path(tmp), reports, spend_micros, neighbours)
@@ -452,13 +468,7 @@ async def main(reports: int) -> None:
         writers_way = writer_bound(Path(tmp) / "writer.db", reports)
         sqlite, sqlite_rss = await sqlite_run(Path(tmp), reports, ON_PLAN_SPEND)
         off_pace, off_pace_rss = await sqlite_run(Path(tmp), reports, OFF_PACE_SPEND)
-    postgres = start_postgres(private=True)
-    try:
-        pg, pg_rss = await reckon_run(
-            await postgres.create_database(), reports, database_cpu=postgres.cpu_seconds
-        )
-    finally:
-        postgres.stop()
+    pg, pg_rss = await postgres_run(reports)
 
     print(
         f"Delivery benchmark: {reports:,} reports in batches of {BATCH}, window "
@@ -472,7 +482,7 @@ async def main(reports: int) -> None:
     print(f"    both rows, in memory, no key/index {handing_over:>9,.0f} reports/s")
     print(f"    the same, through apsw            {handing_over_apsw:>10,.0f} reports/s")
     print_run(SQLITE, sqlite, sqlite_rss)
-    print_run("(d) StreamDelivery on PostgreSQL", pg, pg_rss)
+    print_run(POSTGRES, pg, pg_rss)
     print_run(OFF_PACE, off_pace, off_pace_rss)
     print(
         f"ratios (c)/(a) {rate(sqlite) / rate(baseline):.1%}   (c)/(b) "
@@ -493,6 +503,7 @@ if __name__ == "__main__":
     alone_group = parser.add_mutually_exclusive_group()
     alone_group.add_argument("--sqlite-only", action="store_true", help="run (c) alone")
     alone_group.add_argument("--off-pace-only", action="store_true", help="run (e) alone")
+    alone_group.add_argument("--postgres-only", action="store_true", help="run (d) alone")
     alone_group.add_argument(
         "--neighbours", type=int, default=0, help="run (c) alone beside this many campaigns"
     )
@@ -501,6 +512,8 @@ if __name__ == "__main__":
         asyncio.run(alone(SQLITE, arguments.reports, ON_PLAN_SPEND))
     elif arguments.off_pace_only:
         asyncio.run(alone(OFF_PACE, arguments.reports, OFF_PACE_SPEND))
+    elif arguments.postgres_only:
+        asyncio.run(postgres_alone(arguments.reports))
     elif arguments.neighbours:
         name = f"{SQLITE}, beside {arguments.neighbours:,} campaigns"
         asyncio.run(alone(name, arguments.reports, ON_PLAN_SPEND, arguments.neighbours))

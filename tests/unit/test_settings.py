@@ -45,6 +45,11 @@ def test_environment_overrides_defaults_by_type() -> None:
             "send_timeout_seconds (RECKON_SEND_TIMEOUT_SECONDS) must be greater than 0",
         ),
         ("RECKON_GRACE_SECONDS", "-1", "grace_seconds (RECKON_GRACE_SECONDS) must be at least 0"),
+        (
+            "RECKON_GROUP_COMMIT_MAX_ROWS",
+            "-1",
+            "group_commit_max_rows (RECKON_GROUP_COMMIT_MAX_ROWS) must be at least 0",
+        ),
         ("RECKON_DB_POOL_SIZE", "many", "RECKON_DB_POOL_SIZE='many' is not a valid int"),
         ("RECKON_SUSPEND_ON_CRITICAL", "maybe", "RECKON_SUSPEND_ON_CRITICAL='maybe'"),
     ],

@@ -100,7 +100,11 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     except BaseException:
         await database.dispose()
         raise
-    committer = GroupCommitter(database, linger_seconds=settings.group_commit_linger_ms / 1000)
+    committer = GroupCommitter(
+        database,
+        linger_seconds=settings.group_commit_linger_ms / 1000,
+        max_weight=settings.group_commit_max_rows or None,
+    )
     bus = ChangeBus(database)
     await bus.start()
     notifier = Notifier(bus)
