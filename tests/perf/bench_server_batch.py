@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.perf.bench_server_batch [--reports 20000] [--rounds 5]
 
 Decodes the benchmark's batches of 500 and checks each report as StreamDelivery does
-(`_report`), pickles the batches as they go to the SQLite writer process, then builds and
+(`batch_reports`), pickles the batches as they go to the SQLite writer process, then builds and
 encodes the acks of as many committed reports (`_committed`); prints the CPU per report of
 each, the best of `--rounds` rounds.
 """
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon_server.storage.delivery import BatchApplied, StreamBatch, outcome_ids
-from reckon_server.transport.servicers.delivery import _committed, _report
+from reckon_server.transport.servicers.delivery import _committed, batch_reports
 from tests.perf.bench_delivery import BATCH, MEDIA_BUYS, PLAN
 from tests.perf.delivery_client import batches
 
@@ -44,8 +44,7 @@ def main() -> None:
         decoded = []
         for seq, raw in enumerate(encoded, 1):
             batch = pb.DeliveryBatch.FromString(raw)
-            names: dict[str, str] = {}
-            reports = [_report(item, index, names) for index, item in enumerate(batch.reports)]
+            reports = batch_reports(batch)
             decoded.append(StreamBatch("org", "producer", "stream", 1, seq, reports, sent))
         return decoded
 

@@ -38,7 +38,7 @@ from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.group_commit import _ApplyAll
 from reckon_server.storage.sqlite_writer import _checkpointing
 from reckon_server.transport.governance_codec import terms_from_document
-from reckon_server.transport.servicers.delivery import _report
+from reckon_server.transport.servicers.delivery import batch_reports
 from tests.perf.bench_delivery import BATCH, MEDIA_BUYS, PLAN, client, prepare
 from tests.perf.delivery_client import batches
 from tests.support.api import new_secret
@@ -80,11 +80,10 @@ def transactions(directory: Path, reports: int, per_transaction: int) -> list[by
             STREAM,
             generation,
             next_seq + n,
-            [_report(item, index, names) for index, item in enumerate(batch.reports)],
+            batch_reports(batch),
             first_sent + timedelta(milliseconds=5 * n),
         )
         for n, batch in enumerate(batches(PLAN, MEDIA_BUYS, reports, BATCH, BATCH))
-        for names in [dict[str, str]()]
     ]
     each = max(1, per_transaction // BATCH)
     return [

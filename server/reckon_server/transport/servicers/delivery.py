@@ -184,14 +184,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     rejected.error.CopyFrom(rich_status(error))
                     await acks.put(_ready(rejected))
                     continue
-                names: dict[str, str] = {}
                 stream_batch = StreamBatch(
                     principal.org_id,
                     principal.principal_id,
                     stream_id,
                     generation,
                     batch.seq,
-                    [_report(r, i, names) for i, r in enumerate(batch.reports)],
+                    batch_reports(batch),
                     utcnow(),
                 )
                 expected += 1
@@ -399,6 +398,12 @@ async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -
         else:
             accepted.status = types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED
     return ack
+
+
+def batch_reports(batch: pb.DeliveryBatch) -> list[StreamReport | ReckonError]:
+    """The batch's reports, each validated or refused (see `_report`)."""
+    names: dict[str, str] = {}
+    return [_report(item, index, names) for index, item in enumerate(batch.reports)]
 
 
 def _report(item: pb.PlanDelivery, index: int, names: dict[str, str]) -> StreamReport | ReckonError:
