@@ -600,9 +600,20 @@ def encode_stored_finding(
     message.category_id = document["category_id"]
     message.severity = document["severity"]
     message.explanation = document["explanation"]
+    details = message.details
     # Present even when empty: every finding carries its details object.
-    message.details.SetInParent()
-    message.details.update(document.get("details") or {})
+    details.SetInParent()
+    fields = details.fields
+    for key, value in (document.get("details") or {}).items():
+        # Text and numbers set directly, as `Struct.update` would set them: its conversion,
+        # in Python, took two thirds of a finding's time in every delivery ack that has one.
+        kind = type(value)
+        if kind is str:
+            fields[key].string_value = value
+        elif kind is int or kind is float:
+            fields[key].number_value = value
+        else:
+            details[key] = value
     return message
 
 
