@@ -1,7 +1,7 @@
 """The SQLite writer process's cost per streamed report, apart from the server and the client.
 
     .venv/bin/python -m tests.perf.bench_writer [--reports 60000] [--per-transaction 1500]
-        [--instructions]
+        [--off-pace] [--instructions]
 
 Stores the plan and media buys of `bench_delivery` through a real server, opens its stream,
 then stops the server and applies the reports in this process as the writer process would:
@@ -12,6 +12,8 @@ CPU time per report, which follows the machine's speed of the minute; `--instruc
 applies the same transactions again under valgrind's callgrind and prints the instructions
 per report of the counted ones, which do not (it needs valgrind); `--profile FILE` keeps
 callgrind's profile of them in FILE, for `callgrind_annotate --inclusive=yes FILE`.
+`--off-pace` has every report spend twice its planned rate, as in the benchmark's (e), so that
+each carries a finding.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from reckon_server.storage.group_commit import _ApplyAll
 from reckon_server.storage.sqlite_writer import _checkpointing
 from reckon_server.transport.governance_codec import terms_from_document
 from reckon_server.transport.servicers.delivery import batch_reports
-from tests.perf.bench_delivery import BATCH, MEDIA_BUYS, PLAN, client, prepare
+from tests.perf.bench_delivery import (
+    BATCH,
+    MEDIA_BUYS,
+    OFF_PACE_SPEND,
+    ON_PLAN_SPEND,
+    PLAN,
+    client,
+    prepare,
+)
 from tests.perf.delivery_client import batches
 from tests.support.api import new_secret
 from tests.support.processes import start_reckon
@@ -60,7 +70,9 @@ async def stored_plan(directory: Path) -> None:
         await server.stop()
 
 
-def transactions(directory: Path, reports: int, per_transaction: int) -> list[bytes]:
+def transactions(
+    directory: Path, reports: int, per_transaction: int, spend_micros: int
+) -> list[bytes]:
     """The pickled transactions of `reports` reports after the stream's first batch, as the
     server sends them to the writer process: its batches 5 ms apart, as at 100,000 a second."""
     engine = sqlite_batch_engine(f"sqlite:///{directory / 'base.db'}")
@@ -83,7 +95,7 @@ def transactions(directory: Path, reports: int, per_transaction: int) -> list[by
             batch_reports(batch),
             first_sent + timedelta(milliseconds=5 * n),
         )
-        for n, batch in enumerate(batches(PLAN, MEDIA_BUYS, reports, BATCH, BATCH))
+        for n, batch in enumerate(batches(PLAN, MEDIA_BUYS, reports, BATCH, BATCH, spend_micros))
     ]
     each = max(1, per_transaction // BATCH)
     return [
@@ -160,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=60_000)
     parser.add_argument("--per-transaction", type=int, default=1500)
+    parser.add_argument("--off-pace", action="store_true", help="a finding on every report")
     parser.add_argument("--instructions", action="store_true")
     parser.add_argument("--profile", default=os.devnull)
     parser.add_argument("--apply", help=argparse.SUPPRESS)
@@ -172,7 +185,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         asyncio.run(stored_plan(directory))
-        payloads = transactions(directory, args.reports, args.per_transaction)
+        spend = OFF_PACE_SPEND if args.off_pace else ON_PLAN_SPEND
+        payloads = transactions(directory, args.reports, args.per_transaction, spend)
         fresh_copy(directory)
         counted, seconds = apply(directory, payloads)
         print(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reckon_server.clock import LATEST_MICROS
 from reckon_server.domain.actions import Action, Package
 from reckon_server.domain.documents import canonical_json
 from reckon_server.domain.findings import Finding, Severity
@@ -19,6 +20,7 @@ from reckon_server.domain.pacing import (
     DeliveryFigures,
     DeliveryRules,
     Pacing,
+    _iso_second,
     cpm_finding,
     overspend_finding,
     pacing,
@@ -181,6 +183,13 @@ def test_an_exhaustion_date_past_year_9999_is_left_out() -> None:
     finding = pacing_finding(figures)
     assert finding is not None
     assert finding.explanation == "Spend is pacing 65% below plan."
+
+
+@given(st.integers(-62_135_596_800_000_000, LATEST_MICROS))
+def test_an_exhaustion_time_reads_as_the_datetime_it_is(epoch_us: int) -> None:
+    """Formatted from integers, it is the datetime's own ISO form, from year 1 to 9999."""
+    at = datetime(1970, 1, 1) + timedelta(microseconds=epoch_us)
+    assert _iso_second(epoch_us) == at.replace(microsecond=0).isoformat() + "Z"
 
 
 @given(
