@@ -37,7 +37,7 @@ from reckon_server.storage.delivery import (
     StreamReport,
 )
 from reckon_server.transport.governance_codec import terms_from_document
-from reckon_server.transport.servicers.delivery import _report
+from reckon_server.transport.servicers.delivery import batch_reports
 from tests.support.api import RunningServer, assert_caller_stalled, bearer, decode
 from tests.support.delivery import (
     RawStream,
@@ -417,10 +417,14 @@ async def test_a_fault_in_the_findings_rules_fails_that_report_alone(api: Runnin
                     sa.text("SELECT org_id, owner_id FROM plans WHERE plan_id = :p"), {"p": PLAN}
                 )
             ).one()
-        reports = [
-            _report(report(PLAN, "mb_1", day, spend), index, {})
-            for index, (day, spend) in enumerate([(15, M), (16, FAULTY_SPEND), (17, 2 * M)])
-        ]
+        reports = batch_reports(
+            pb.DeliveryBatch(
+                reports=[
+                    report(PLAN, "mb_1", day, spend)
+                    for day, spend in [(15, M), (16, FAULTY_SPEND), (17, 2 * M)]
+                ]
+            )
+        )
         batch = StreamBatch(org_id, principal_id, "faulty-1", 1, opened.next_seq, reports, utcnow())
         op = ApplyDeliveryBatches(_rules_with_a_fault, terms_from_document)
         [applied] = await (await database.send_batch(_ApplyOne(op, batch)))

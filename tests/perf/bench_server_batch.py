@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     encoded = [b.SerializeToString() for b in batches(PLAN, MEDIA_BUYS, args.reports, BATCH)]
+    sent = datetime.now(UTC)
 
     def decode_and_check() -> list[StreamBatch]:
         decoded = []
@@ -48,14 +49,13 @@ def main() -> None:
             decoded.append(StreamBatch("org", "producer", "stream", 1, seq, reports, sent))
         return decoded
 
-    sent = datetime.now(UTC)
     stream_batches = decode_and_check()
 
     def pickle_batches() -> None:
         for batch in stream_batches:
             pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
 
-    applied = BatchApplied(outcome_ids(datetime.now(UTC), BATCH))
+    applied = BatchApplied(outcome_ids(sent, BATCH))
 
     async def committed() -> BatchApplied:
         return applied

@@ -30,7 +30,6 @@ def test_details_are_the_struct_that_struct_update_makes() -> None:
         {"category_id": "budget_authority", "severity": 2, "explanation": "x", "details": DETAILS}
     )
     assert finding.details == expected
-    assert finding.details.fields["huge"].number_value == float(2**63 + 1)
 
 
 def test_a_finding_without_details_carries_an_empty_object() -> None:

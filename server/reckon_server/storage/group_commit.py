@@ -73,7 +73,7 @@ class GroupCommitter:
         database: Database,
         *,
         max_batch: int = 1024,
-        max_weight: int | None = None,
+        max_weight: int = 0,
         max_queue: int = 65536,
         linger_seconds: float = 0.002,
     ) -> None:
@@ -105,8 +105,8 @@ class GroupCommitter:
         """Apply `item` and return its result once the transaction holding it has committed.
 
         A transaction takes items until their weights (the rows they write: a delivery batch
-        weighs its reports) reach `max_weight` (by default `MAX_WEIGHT_SQLITE` or
-        `MAX_WEIGHT_POSTGRES`): a backlog then commits in transactions of bounded size,
+        weighs its reports) reach `max_weight` (0: `MAX_WEIGHT_SQLITE` or
+        `MAX_WEIGHT_POSTGRES`, by backend): a backlog then commits in transactions of bounded size,
         instead of one whose rows, results and copies in the SQLite writer's pipe would all be
         in memory at once."""
         if self._closed:

@@ -605,8 +605,8 @@ def encode_stored_finding(
     details.SetInParent()
     fields = details.fields
     for key, value in (document.get("details") or {}).items():
-        # Text and numbers set directly, as `Struct.update` would set them: its conversion,
-        # in Python, took two thirds of a finding's time in every delivery ack that has one.
+        # Text and numbers set directly, as `Struct.update` would set them: it converts every
+        # value in Python, on a path that runs for every finding of every delivery ack.
         kind = type(value)
         if kind is str:
             fields[key].string_value = value

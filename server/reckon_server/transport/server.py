@@ -103,7 +103,7 @@ async def create_server(settings: Settings) -> tuple[ReckonServer, int]:
     committer = GroupCommitter(
         database,
         linger_seconds=settings.group_commit_linger_ms / 1000,
-        max_weight=settings.group_commit_max_rows or None,
+        max_weight=settings.group_commit_max_rows,
     )
     bus = ChangeBus(database)
     await bus.start()
