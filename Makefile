@@ -45,7 +45,7 @@ NATIVE_BUILDS := $(addprefix server/,$(NATIVE_SOURCES:.py=$(EXT_SUFFIX)))
 $(NATIVE_BUILDS) &: $(BIN)/.installed server/reckon_server/native.py \
 		$(addprefix server/,$(NATIVE_SOURCES))
 	find server -name '*.so' -not -path 'server/build/*' -delete
-	cd server && ../$(BIN)/mypyc --config-file ../pyproject.toml $(NATIVE_SOURCES) > build.log 2>&1 \
+	cd server && MYPYPATH=../generated/python ../$(BIN)/mypyc --config-file ../pyproject.toml $(NATIVE_SOURCES) > build.log 2>&1 \
 	  || { cat build.log; exit 1; }
 	rm -f server/build.log
 	@# Copied from build/ with the times they were built at, which may be older than a source.

@@ -1,6 +1,7 @@
 """The modules that run compiled by mypyc once built (`make native`): the streamed-delivery
-transaction and its rules, which are the SQLite writer process's Python. Compiled, the
-writer does about a sixth fewer instructions per report; the same source runs interpreted
+transaction and its rules, which are the SQLite writer process's Python (compiled, it does
+about a sixth fewer instructions per report), and the server's reading and checking of each
+streamed report and filling of its result into the ack. The same sources run interpreted
 where no build is present.
 
 A build sits beside its source and Python imports it in the source's place: one older than
@@ -14,7 +15,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-COMPILED = ("reckon_server.storage.delivery", "reckon_server.domain.pacing")
+COMPILED = (
+    "reckon_server.storage.delivery",
+    "reckon_server.domain.pacing",
+    "reckon_server.transport.stream_reports",
+)
 _PACKAGES_ROOT = Path(__file__).resolve().parent.parent
 
 

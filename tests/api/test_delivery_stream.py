@@ -37,7 +37,7 @@ from reckon_server.storage.delivery import (
     StreamReport,
 )
 from reckon_server.transport.governance_codec import terms_from_document
-from reckon_server.transport.servicers.delivery import batch_reports
+from reckon_server.transport.stream_reports import batch_reports
 from tests.support.api import RunningServer, assert_caller_stalled, bearer, decode
 from tests.support.delivery import (
     RawStream,

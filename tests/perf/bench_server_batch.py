@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon_server.storage.delivery import BatchApplied, StreamBatch, outcome_ids
-from reckon_server.transport.servicers.delivery import _committed, batch_reports
+from reckon_server.transport.servicers.delivery import _committed
+from reckon_server.transport.stream_reports import batch_reports
 from tests.perf.bench_delivery import BATCH, MEDIA_BUYS, PLAN
 from tests.perf.delivery_client import batches
 

@@ -40,7 +40,7 @@ from reckon_server.storage.database import sqlite_batch_engine
 from reckon_server.storage.group_commit import _ApplyAll
 from reckon_server.storage.sqlite_writer import _checkpointing
 from reckon_server.transport.governance_codec import terms_from_document
-from reckon_server.transport.servicers.delivery import batch_reports
+from reckon_server.transport.stream_reports import batch_reports
 from tests.perf.bench_delivery import (
     BATCH,
     MEDIA_BUYS,

@@ -6,9 +6,10 @@ import pytest
 
 from reckon.v1 import delivery_service_pb2 as pb
 from reckon.v1 import types_pb2
+from reckon_server import native
 from reckon_server.errors import ReckonError
 from reckon_server.storage.delivery import StreamReport
-from reckon_server.transport.servicers.delivery import _report, batch_reports
+from reckon_server.transport.stream_reports import batch_reports, read_report
 
 HOUR = 3_600_000_000
 
@@ -39,7 +40,7 @@ def test_a_report_keeps_its_times_and_tells_a_cpm_of_zero_from_none(
     item: pb.PlanDelivery, start_us: int, end_us: int, cpm: int | None
 ) -> None:
     """The epoch is a time like any other, and a CPM sent as 0 is 0, not absent."""
-    read = _report(item, 0, {})
+    read = read_report(item, 0, {})
     assert isinstance(read, StreamReport)
     assert (read.start_us, read.end_us, read.cpm_micros) == (start_us, end_us, cpm)
     assert read.viewability_rate is None
@@ -54,7 +55,7 @@ def test_a_report_without_both_times_of_its_period_is_refused() -> None:
     no_start.delivery.reporting_period.ClearField("start")
     no_end.delivery.reporting_period.ClearField("end")
     for item in (no_period, no_start, no_end):
-        read = _report(item, 3, {})
+        read = read_report(item, 3, {})
         assert isinstance(read, ReckonError)
         assert all(
             v.field.startswith("reports[3].delivery.reporting_period") for v in read.violations
@@ -70,3 +71,9 @@ def test_the_reports_of_a_batch_share_their_equal_names() -> None:
     assert (first.plan_id, first.media_buy_id) == (second.plan_id, second.media_buy_id)
     assert first.plan_id is second.plan_id
     assert first.media_buy_id is second.media_buy_id
+
+
+def test_the_server_reads_reports_compiled() -> None:
+    """The suite runs after `make native`: the servicer reads streamed reports and fills their
+    acks with the build, not the interpreted source."""
+    assert "reckon_server.transport.stream_reports" in native.running_compiled()

@@ -8,14 +8,12 @@ import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-import orjson
 from google.protobuf import duration_pb2
 from grpc import aio
 
 from reckon.v1 import delivery_service_pb2 as pb
-from reckon.v1 import delivery_service_pb2_grpc, types_pb2
+from reckon.v1 import delivery_service_pb2_grpc
 from reckon_server.clock import utcnow
-from reckon_server.domain.money import MAX_AMOUNT_MICROS
 from reckon_server.domain.principals import Principal
 from reckon_server.errors import FieldViolation, Reason, ReckonError, invalid
 from reckon_server.services.delivery import DeliveryLedger, OpenLimit
@@ -23,20 +21,18 @@ from reckon_server.services.notify import Subscription
 from reckon_server.storage.delivery import (
     BatchApplied,
     StreamBatch,
-    StreamReport,
     fenced,
     sequence_gap,
 )
-from reckon_server.transport.codec import MAX_SECONDS, MIN_SECONDS, to_timestamp
+from reckon_server.transport.codec import to_timestamp
 from reckon_server.transport.context import current_principal
 from reckon_server.transport.governance_codec import (
-    delivery_figures,
     encode_plan_state,
     encode_stored_finding,
     terms_from_document,
 )
 from reckon_server.transport.status import rich_status
-from reckon_server.transport.text import NUL, nul_violations
+from reckon_server.transport.stream_reports import batch_reports, fill_results
 
 Context = aio.ServicerContext[Any, Any]
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -381,119 +377,5 @@ def _failed(error: ReckonError) -> asyncio.Future[pb.BatchAck]:
 async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -> pb.BatchAck:
     applied = await commit
     ack = pb.BatchAck(seq=seq, disposition=pb.BATCH_DISPOSITION_COMMITTED, next_seq=next_seq)
-    # Filled in place: nested keyword construction costs several times as much per report.
-    add_result = ack.results.add
-    for index, result in enumerate(applied.results):
-        if isinstance(result, ReckonError):
-            add_result().error.CopyFrom(rich_status(result))
-            continue
-        accepted = add_result().accepted
-        accepted.outcome_id = result
-        findings = applied.findings.get(index)
-        if findings:
-            accepted.status = types_pb2.PLAN_OUTCOME_STATUS_FINDINGS
-            add_finding = accepted.findings.add
-            for finding in orjson.loads(findings)["findings"]:
-                encode_stored_finding(finding, add_finding())
-        else:
-            accepted.status = types_pb2.PLAN_OUTCOME_STATUS_ACCEPTED
+    fill_results(ack, applied)
     return ack
-
-
-def batch_reports(batch: pb.DeliveryBatch) -> list[StreamReport | ReckonError]:
-    """The batch's reports, each validated or refused (see `_report`)."""
-    names: dict[str, str] = {}
-    return [_report(item, index, names) for index, item in enumerate(batch.reports)]
-
-
-def _report(item: pb.PlanDelivery, index: int, names: dict[str, str]) -> StreamReport | ReckonError:
-    """A validated report, or the error it gets in its ack (the batch goes on).
-
-    `names` holds the plan ids, contexts and media buy ids of the batch's reports so far, so
-    that equal names are one object: pickle writes each once per batch on its way to the
-    writer, which then makes one string of it instead of one per report, and every lookup by
-    it there finds its hash already computed.
-
-    Plainly valid reports take a direct path: every field is read once (each read of a
-    decoded message costs about as much as a Python call) and checked against the same rules
-    as `delivery_figures`, and for NUL, which the edge leaves to this function (see `edge`).
-    Anything else gets the full rules with field paths.
-    """
-    delivery = item.delivery
-    period = delivery.reporting_period
-    start, end = period.start, period.end
-    plan_id, context, media_buy_id = item.plan_id, item.governance_context, delivery.media_buy_id
-    spend, impressions = delivery.spend_micros, delivery.impressions
-    start_s, start_n, end_s, end_n = start.seconds, start.nanos, end.seconds, end.nanos
-    present = delivery.HasField
-    # A value other than the default is present: HasField, which finds its field by name,
-    # costs several reads.
-    cpm = delivery.cpm_micros or (0 if present("cpm_micros") else None)
-    viewability = delivery.viewability_rate if present("viewability_rate") else None
-    completion = delivery.completion_rate if present("completion_rate") else None
-    if (
-        plan_id
-        and (media_buy_id or context)
-        and len(media_buy_id) <= 255
-        and NUL not in plan_id
-        and NUL not in context
-        and NUL not in media_buy_id
-        and 0 <= spend <= MAX_AMOUNT_MICROS
-        and impressions >= 0
-        # Non-zero seconds show both times are present; the epoch itself takes the full rules.
-        and start_s
-        and end_s
-        and MIN_SECONDS <= start_s <= MAX_SECONDS
-        and MIN_SECONDS <= end_s <= MAX_SECONDS
-        and 0 <= start_n < 10**9
-        and 0 <= end_n < 10**9
-        and (start_s, start_n) < (end_s, end_n)
-        and (cpm is None or 0 <= cpm <= MAX_AMOUNT_MICROS)
-        and (viewability is None or 0 <= viewability <= 1)
-        and (completion is None or 0 <= completion <= 1)
-        and not present("ext")
-    ):
-        # tuple.__new__, which `_make` calls: a fraction of the cost of the named tuple's
-        # own constructor. Microseconds truncate the nanos, as Timestamp.ToDatetime does.
-        shared = names.setdefault
-        return tuple.__new__(
-            StreamReport,
-            (
-                shared(plan_id, plan_id),
-                shared(context, context),
-                shared(media_buy_id, media_buy_id),
-                start_s * 1_000_000 + start_n // 1000,
-                end_s * 1_000_000 + end_n // 1000,
-                spend,
-                impressions,
-                cpm,
-                viewability,
-                completion,
-            ),
-        )
-    path = f"reports[{index}]"
-    out = nul_violations(item, path)
-    if not item.plan_id:
-        out.append(FieldViolation(f"{path}.plan_id", "required"))
-    figures = delivery_figures(item.delivery, f"{path}.delivery", out)
-    if not item.delivery.media_buy_id and not item.governance_context:
-        out.append(
-            FieldViolation(
-                f"{path}.delivery.media_buy_id",
-                "required unless governance_context names the campaign",
-            )
-        )
-    if out or figures is None:
-        return invalid(Reason.INVALID_REQUEST, out or [FieldViolation(path, "invalid")])
-    return StreamReport(
-        item.plan_id,
-        item.governance_context,
-        figures.media_buy_id,
-        figures.start_us,
-        figures.end_us,
-        figures.spend_micros,
-        figures.impressions,
-        figures.cpm_micros,
-        figures.viewability_rate,
-        figures.completion_rate,
-    )
