@@ -396,15 +396,17 @@ def print_run(name: str, result: dict[str, float], rss: float) -> None:
         f"{name:<37} {rate(result):>10,.0f} reports/s   ack p50 {result['p50_ms']:7.1f} ms"
         f"   p99 {result['p99_ms']:7.1f} ms   server peak RSS {rss:.0f} MiB"
     )
+
+    def cores(key: str) -> str:
+        return f"{result[key]:.2f} ({1e6 * result[key] / rate(result):.1f} us per report)"
+
     writer = (
-        f"its writer process {result['writer_cores']:.2f} "
-        f"({1e6 * result['writer_cores'] / rate(result):.1f} us per report)"
+        f"its writer process {cores('writer_cores')}"
         if result["writer_cores"]
-        else f"PostgreSQL {result['database_cores']:.2f} "
-        f"({1e6 * result['database_cores'] / rate(result):.1f} us per report)"
+        else f"PostgreSQL {cores('database_cores')}"
     )
     print(
-        f"{'':<37} CPU: server {result['server_cores']:.2f} cores, {writer}, "
+        f"{'':<37} CPU in cores: server {cores('server_cores')}, {writer}, "
         f"load generator {result['client_cores']:.2f}"
     )
     if "writer_running" in result:
