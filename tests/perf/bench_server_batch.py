@@ -63,8 +63,8 @@ def main() -> None:
 
     async def build_acks() -> None:
         for seq in range(1, len(encoded) + 1):
-            ack = await _committed(committed(), seq, seq + 1)
-            ack.SerializeToString()
+            response = await _committed(committed(), seq, seq + 1)
+            response.SerializeToString()
 
     reports = len(encoded) * BATCH
     decoding = best_per_report(decode_and_check, reports, args.rounds)

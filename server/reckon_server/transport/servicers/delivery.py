@@ -110,7 +110,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                     await reader
                     break
                 # Shielded: a stream cancelled while it waits must not cancel the commit.
-                yield pb.StreamDeliveryResponse(ack=await asyncio.shield(item))
+                yield await asyncio.shield(item)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -340,7 +340,7 @@ async def _drain(acks: asyncio.Queue[Any]) -> AsyncIterator[pb.StreamDeliveryRes
         if item is _END:
             return
         with contextlib.suppress(ReckonError):
-            yield pb.StreamDeliveryResponse(ack=await item)
+            yield await item
 
 
 def _rejection(batch: pb.DeliveryBatch, expected: int, max_reports: int) -> ReckonError | None:
@@ -362,20 +362,30 @@ def _observe(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _ready(ack: pb.BatchAck) -> asyncio.Future[pb.BatchAck]:
-    future: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
-    future.set_result(ack)
+Acked = asyncio.Future[pb.StreamDeliveryResponse]
+"""A batch's ack once it has one."""
+
+
+def _ready(ack: pb.BatchAck) -> Acked:
+    future: Acked = asyncio.get_running_loop().create_future()
+    future.set_result(pb.StreamDeliveryResponse(ack=ack))
     return future
 
 
-def _failed(error: ReckonError) -> asyncio.Future[pb.BatchAck]:
-    future: asyncio.Future[pb.BatchAck] = asyncio.get_running_loop().create_future()
+def _failed(error: ReckonError) -> Acked:
+    future: Acked = asyncio.get_running_loop().create_future()
     future.set_exception(error)
     return future
 
 
-async def _committed(commit: Awaitable[BatchApplied], seq: int, next_seq: int) -> pb.BatchAck:
+async def _committed(
+    commit: Awaitable[BatchApplied], seq: int, next_seq: int
+) -> pb.StreamDeliveryResponse:
     applied = await commit
-    ack = pb.BatchAck(seq=seq, disposition=pb.BATCH_DISPOSITION_COMMITTED, next_seq=next_seq)
+    # Filled inside its response: given to the response's constructor, the ack and all its
+    # results would be copied.
+    response = pb.StreamDeliveryResponse()
+    ack = response.ack
+    ack.seq, ack.disposition, ack.next_seq = seq, pb.BATCH_DISPOSITION_COMMITTED, next_seq
     fill_results(ack, applied)
-    return ack
+    return response
