@@ -96,7 +96,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 )
             )
             while True:
-                item = await _first_of(acks.get(), fence.wait(), self._ledger.draining.wait())
+                # A queued ack comes first, as `_first_of` would also have it, without the
+                # three tasks that it starts and cancels for every ack.
+                item = (
+                    acks.get_nowait()
+                    if not acks.empty()
+                    else await _first_of(acks.get(), fence.wait(), self._ledger.draining.wait())
+                )
                 if item is _FENCED:
                     raise fenced(stream_id)
                 if item is _DRAINING:
