@@ -110,10 +110,10 @@ def read_report(
                 completion,
             ),
         )
-    return _refused_or_read(item, f"reports[{index}]")
+    return _read_by_the_full_rules(item, f"reports[{index}]")
 
 
-def _refused_or_read(item: pb.PlanDelivery, path: str) -> StreamReport | ReckonError:
+def _read_by_the_full_rules(item: pb.PlanDelivery, path: str) -> StreamReport | ReckonError:
     out = nul_violations(item, path)
     if not item.plan_id:
         out.append(FieldViolation(f"{path}.plan_id", "required"))

@@ -368,18 +368,18 @@ def _observe(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-Acked = asyncio.Future[pb.StreamDeliveryResponse]
+_Acked = asyncio.Future[pb.StreamDeliveryResponse]
 """A batch's ack once it has one."""
 
 
-def _ready(ack: pb.BatchAck) -> Acked:
-    future: Acked = asyncio.get_running_loop().create_future()
+def _ready(ack: pb.BatchAck) -> _Acked:
+    future: _Acked = asyncio.get_running_loop().create_future()
     future.set_result(pb.StreamDeliveryResponse(ack=ack))
     return future
 
 
-def _failed(error: ReckonError) -> Acked:
-    future: Acked = asyncio.get_running_loop().create_future()
+def _failed(error: ReckonError) -> _Acked:
+    future: _Acked = asyncio.get_running_loop().create_future()
     future.set_exception(error)
     return future
 
