@@ -204,7 +204,7 @@ def _unpickled_batch(
         stream_id,
         generation,
         seq,
-        [r if isinstance(r, ReckonError) else tuple.__new__(StreamReport, r) for r in reports],
+        [tuple.__new__(StreamReport, r) if isinstance(r, tuple) else r for r in reports],
         now,
     )
 
@@ -427,7 +427,9 @@ class ApplyDeliveryBatches:
             # A batch's reports name few campaigns: each is resolved and checked once.
             targets: dict[tuple[str, str, str], _Target | ReckonError] = {}
             for report in batch.reports:
-                if isinstance(report, ReckonError):
+                # Each check names the type nearly every report has: compiled, an isinstance
+                # that fails walks the object's type, one that matches compares a pointer.
+                if not isinstance(report, StreamReport):
                     results.append(report)
                     continue
                 # Unpacked once: this loop runs for every streamed report.
@@ -447,9 +449,9 @@ class ApplyDeliveryBatches:
                 target = targets.get(key)
                 if target is None:
                     target = targets[key] = lookups.target(batch, report)
-                    if not isinstance(target, ReckonError):
+                    if isinstance(target, _Target):
                         done.touched_plans.add(plan_id)
-                if isinstance(target, ReckonError):
+                if not isinstance(target, _Target):
                     results.append(target)
                     continue
                 context = target.governance_context

@@ -147,7 +147,8 @@ def fill_results(ack: pb.BatchAck, applied: BatchApplied) -> None:
     add_result = ack.results.add
     findings = applied.findings
     for index, result in enumerate(applied.results):
-        if isinstance(result, ReckonError):
+        # An outcome id: compiled, checking for the type nearly every result has is a flag test.
+        if not isinstance(result, str):
             add_result().error.CopyFrom(rich_status(result))
             continue
         accepted = add_result().accepted
