@@ -267,6 +267,7 @@ async def reckon_run(
         result = await client(server.target, key, "bench-stream", reports, 0, spend_micros)
         after, database_after = server.cpu_seconds(), database_cpu() if database_cpu else 0.0
         thread_after = server.writer_thread_seconds()
+        await check_stored(server.target, key, reports)
         result["server_cores"] = (after[0] - before[0]) / result["seconds"]
         result["writer_cores"] = (after[1] - before[1]) / result["seconds"]
         result["database_cores"] = (database_after - database_before) / result["seconds"]
@@ -277,6 +278,18 @@ async def reckon_run(
         return result, server.peak_rss_mib()
     finally:
         await server.stop()
+
+
+async def check_stored(target: str, key: str, reports: int) -> None:
+    """Every report acknowledged is an outcome of the plan, beside the settlements `prepare`
+    records: a run counts only what was stored."""
+    request = pb.GetPlanAuditLogsRequest(plan_ids=[PLAN])
+    async with aio.insecure_channel(target) as channel:
+        stub, md = Stubs.on(channel).governance, (("authorization", f"Bearer {key}"),)
+        [log] = (await stub.GetPlanAuditLogs(request, metadata=md)).plans
+    stored = log.summary.outcomes_reported - MEDIA_BUYS
+    if stored != reports:
+        raise RuntimeError(f"{reports:,} reports acknowledged, {stored:,} stored")
 
 
 async def audit_log_latency(target: str, key: str) -> tuple[float, float]:

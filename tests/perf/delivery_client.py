@@ -96,6 +96,8 @@ async def main(
         acked = 0
         for _ in work:
             ack = (await call.read()).ack
+            if ack.disposition != pb.BATCH_DISPOSITION_COMMITTED:
+                raise SystemExit(f"batch {ack.seq} was not committed: {ack}")
             latencies.append(time.perf_counter() - sent_at[ack.seq])
             acked += len(ack.results)
             window.release()
