@@ -75,7 +75,9 @@ class DeliveryStreamer:
         self._metadata = metadata
         self._max_faults = max_faults
         self._pending: list[pb.PlanDelivery] = []
-        self._unacked: OrderedDict[int, pb.DeliveryBatch] = OrderedDict()
+        self._unacked: OrderedDict[int, pb.StreamDeliveryRequest] = OrderedDict()
+        """Sealed batches by seq, each in the request that sends it (and sends it again after
+        a reconnect): wrapped as it is sent, a batch would be copied each time."""
         self._next_seq: int | None = None
         """The seq the next sealed batch gets."""
         self._changed = asyncio.Condition()
@@ -141,7 +143,10 @@ class DeliveryStreamer:
             assert self._next_seq is not None
             seq = self._next_seq
             self._next_seq += 1
-            self._unacked[seq] = pb.DeliveryBatch(seq=seq, reports=self._pending)
+            request = pb.StreamDeliveryRequest()
+            request.batch.seq = seq
+            request.batch.reports.extend(self._pending)
+            self._unacked[seq] = request
             self._pending = []
             self._changed.notify_all()
 
@@ -268,11 +273,10 @@ class DeliveryStreamer:
         """Send every un-acked batch from `first_seq` on, in order, as they are sealed."""
         seq = first_seq
         while True:
-            batch = await self._sealed(seq)
-            await outbox.put(pb.StreamDeliveryRequest(batch=batch))
+            await outbox.put(await self._sealed(seq))
             seq += 1
 
-    async def _sealed(self, seq: int) -> pb.DeliveryBatch:
+    async def _sealed(self, seq: int) -> pb.StreamDeliveryRequest:
         async with self._changed:
             await self._changed.wait_for(lambda: seq in self._unacked)
             return self._unacked[seq]
