@@ -74,7 +74,12 @@ async def main(
     offset: int,
     spend_micros: int,
 ) -> None:
-    work = batches(plan_id, media_buys, reports, size, offset, spend_micros)
+    # Wrapped in their requests beforehand, as `DeliveryStreamer` seals them: wrapping a batch
+    # as it is sent copies it.
+    work = [
+        pb.StreamDeliveryRequest(batch=batch)
+        for batch in batches(plan_id, media_buys, reports, size, offset, spend_micros)
+    ]
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -87,10 +92,10 @@ async def main(
         started, cpu_started = time.perf_counter(), time.process_time()
 
         async def send() -> None:
-            for batch in work:
+            for request in work:
                 await window.acquire()
-                sent_at[batch.seq] = time.perf_counter()
-                await call.write(pb.StreamDeliveryRequest(batch=batch))
+                sent_at[request.batch.seq] = time.perf_counter()
+                await call.write(request)
 
         sender = asyncio.ensure_future(send())
         acked = 0
